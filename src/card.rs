@@ -1,0 +1,464 @@
+//! The model card (design §3): what a student is, what it expects and how far to trust it.
+//!
+//! It travels inside the ONNX file (`metadata_props["edge_kd.card"]`) so that the
+//! preprocessing used in training is the one used on the box. The format is fixed by
+//! `docs/card.schema.json`; parsing is strict (unknown fields are errors) and versioned.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::onnx_meta::{ModelInfo, TensorInfo};
+
+/// Key of the card in the ONNX `metadata_props`.
+pub const METADATA_KEY: &str = "edge_kd.card";
+/// The card versions this build can read.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum CardError {
+    #[error("card.{field}: {message}")]
+    Field { field: String, message: String },
+    #[error("card is not valid JSON: {0}")]
+    Json(String),
+}
+
+fn field_error(field: impl Into<String>, message: impl Into<String>) -> CardError {
+    CardError::Field { field: field.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Card {
+    pub schema: u32,
+    pub name: String,
+    pub task: Task,
+    pub labels: Vec<String>,
+    pub inputs: Vec<InputSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_modality: Option<MissingModality>,
+    pub output: String,
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    Classification,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub name: String,
+    #[serde(default = "default_modality")]
+    pub modality: String,
+    pub shape: Vec<usize>,
+    pub layout: Layout,
+    pub color: Color,
+    pub resize: Resize,
+    pub scale: f32,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    #[serde(default)]
+    pub optional: bool,
+}
+
+fn default_modality() -> String {
+    "camera".into()
+}
+
+impl InputSpec {
+    pub fn channels(&self) -> usize {
+        self.color.channels()
+    }
+    pub fn height(&self) -> usize {
+        self.shape[2]
+    }
+    pub fn width(&self) -> usize {
+        self.shape[3]
+    }
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    #[serde(rename = "NCHW")]
+    Nchw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Color {
+    Gray,
+    Rgb,
+    Bgr,
+}
+
+impl Color {
+    pub fn channels(self) -> usize {
+        match self {
+            Color::Gray => 1,
+            Color::Rgb | Color::Bgr => 3,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Gray => "gray",
+            Color::Rgb => "rgb",
+            Color::Bgr => "bgr",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    Stretch,
+    CenterCrop,
+    Letterbox,
+}
+
+impl Resize {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resize::Stretch => "stretch",
+            Resize::CenterCrop => "center-crop",
+            Resize::Letterbox => "letterbox",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MissingModality {
+    pub policy: MissingPolicy,
+    #[serde(default)]
+    pub mask_input: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissingPolicy {
+    ZeroFill,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    pub temperature: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ece: Option<Ece>,
+    pub accept: Accept,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ece {
+    pub before: f64,
+    pub after: f64,
+}
+
+/// Accept thresholds on the calibrated confidence. `None` means the calibration split
+/// could not support the error target: such frames always go to review.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accept {
+    pub default: Option<f32>,
+    #[serde(default)]
+    pub per_class: BTreeMap<String, Option<f32>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub max_error_among_accepted: f64,
+    #[serde(default)]
+    pub coverage_on_calibration_set: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provenance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teachers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_kd_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+impl Card {
+    /// Parses a card strictly: the schema version first (so that a newer card gets a
+    /// "newer version" error, not a confusing field error), then every field.
+    pub fn parse(json: &str) -> Result<Card, CardError> {
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| CardError::Json(e.to_string()))?;
+        match value.get("schema") {
+            None => return Err(field_error("schema", "missing (expected 1)")),
+            Some(v) => match v.as_u64() {
+                Some(n) if n == u64::from(SCHEMA_VERSION) => {}
+                Some(n) => {
+                    return Err(field_error(
+                        "schema",
+                        format!(
+                            "version {n} is not supported by edge-kd {} (it reads version {SCHEMA_VERSION}); \
+                             use an edge-kd release that knows version {n}",
+                            env!("CARGO_PKG_VERSION")
+                        ),
+                    ));
+                }
+                None => return Err(field_error("schema", format!("expected an integer, got {v}"))),
+            },
+        }
+        serde_path_to_error::deserialize::<_, Card>(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let message = e.into_inner().to_string();
+            if path.is_empty() { CardError::Json(message) } else { field_error(path, message) }
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a card always serialises")
+    }
+
+    /// Checks what the schema cannot: consistency within the card and with the graph.
+    pub fn validate(&self, graph: &ModelInfo) -> Result<(), CardError> {
+        if self.name.trim().is_empty() {
+            return Err(field_error("name", "must not be empty"));
+        }
+        if self.labels.is_empty() {
+            return Err(field_error("labels", "must list at least one class"));
+        }
+        for (i, label) in self.labels.iter().enumerate() {
+            if label.is_empty() {
+                return Err(field_error(format!("labels[{i}]"), "must not be empty"));
+            }
+            if self.labels[..i].contains(label) {
+                return Err(field_error(format!("labels[{i}]"), format!("{label:?} appears twice")));
+            }
+        }
+        if self.inputs.is_empty() {
+            return Err(field_error("inputs", "must describe at least one input"));
+        }
+        for (i, input) in self.inputs.iter().enumerate() {
+            validate_input(input, &format!("inputs[{i}]"), graph.input(&input.name))?;
+        }
+        let Some(output) = graph.output(&self.output) else {
+            let names: Vec<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
+            return Err(field_error(
+                "output",
+                format!("the graph has no output {:?} (it has: {})", self.output, names.join(", ")),
+            ));
+        };
+        if let Some(width) = output_width(output) {
+            if width != self.labels.len() {
+                return Err(field_error(
+                    "labels",
+                    format!(
+                        "{} labels but the output {:?} has {width} classes",
+                        self.labels.len(),
+                        self.output
+                    ),
+                ));
+            }
+        }
+        if let Some(cal) = &self.calibration {
+            if !(cal.temperature.is_finite() && cal.temperature > 0.0) {
+                return Err(field_error("calibration.temperature", "must be a positive number"));
+            }
+            check_probability(cal.accept.default, "calibration.accept.default")?;
+            for (label, t) in &cal.accept.per_class {
+                let field = format!("calibration.accept.per_class.{label}");
+                if !self.labels.contains(label) {
+                    return Err(field_error(field, "is not one of the card's labels"));
+                }
+                check_probability(*t, &field)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The accept threshold of each class, in label order.
+    pub fn thresholds(&self) -> Vec<Option<f32>> {
+        match &self.calibration {
+            None => vec![None; self.labels.len()],
+            Some(cal) => self
+                .labels
+                .iter()
+                .map(|l| cal.accept.per_class.get(l).copied().unwrap_or(cal.accept.default))
+                .collect(),
+        }
+    }
+
+    pub fn temperature(&self) -> f32 {
+        self.calibration.as_ref().map_or(1.0, |c| c.temperature)
+    }
+}
+
+fn check_probability(p: Option<f32>, field: &str) -> Result<(), CardError> {
+    match p {
+        Some(p) if !(0.0..=1.0).contains(&p) => {
+            Err(field_error(field, format!("{p} is not a probability in [0, 1]")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn validate_input(
+    input: &InputSpec,
+    field: &str,
+    graph_input: Option<&TensorInfo>,
+) -> Result<(), CardError> {
+    let Some(graph_input) = graph_input else {
+        return Err(field_error(
+            format!("{field}.name"),
+            format!("the graph has no input {:?}", input.name),
+        ));
+    };
+    if input.shape.len() != 4 || input.shape.contains(&0) {
+        return Err(field_error(
+            format!("{field}.shape"),
+            format!("expected 4 positive dimensions (NCHW), got {:?}", input.shape),
+        ));
+    }
+    if input.shape[0] != 1 {
+        return Err(field_error(format!("{field}.shape"), "batch dimension must be 1"));
+    }
+    let channels = input.channels();
+    if input.shape[1] != channels {
+        return Err(field_error(
+            format!("{field}.shape"),
+            format!(
+                "{} channels but color {:?} has {channels}",
+                input.shape[1],
+                input.color.as_str()
+            ),
+        ));
+    }
+    for (name, values) in [("mean", &input.mean), ("std", &input.std)] {
+        if values.len() != channels {
+            return Err(field_error(
+                format!("{field}.{name}"),
+                format!(
+                    "{} values for a {:?} input, expected {channels}",
+                    values.len(),
+                    input.color.as_str()
+                ),
+            ));
+        }
+    }
+    if input.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(field_error(format!("{field}.std"), "every value must be positive"));
+    }
+    if !(input.scale.is_finite() && input.scale > 0.0) {
+        return Err(field_error(format!("{field}.scale"), "must be a positive number"));
+    }
+    if let Some(dims) = &graph_input.shape {
+        let matches = dims.len() == 4
+            && dims.iter().zip(&input.shape).all(|(g, c)| g.is_none_or(|g| g == *c as i64));
+        if !matches {
+            return Err(field_error(
+                format!("{field}.shape"),
+                format!(
+                    "{:?} does not fit the graph input {:?} of shape {}",
+                    input.shape,
+                    input.name,
+                    graph_input.shape_string()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The number of classes an output holds, when the graph fixes it.
+pub fn output_width(output: &TensorInfo) -> Option<usize> {
+    let dims = output.shape.as_ref()?;
+    let last = (*dims.last()?)?;
+    usize::try_from(last).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const VALID: &str = r#"{
+      "schema": 1, "name": "t", "task": "classification", "labels": ["a", "b", "c"],
+      "inputs": [{"name": "image", "shape": [1, 1, 4, 4], "layout": "NCHW", "color": "gray",
+                  "resize": "stretch", "scale": 0.0039, "mean": [0.5], "std": [0.25]}],
+      "output": "logits",
+      "calibration": {"temperature": 1.5, "accept": {"default": 0.9, "per_class": {"b": null, "c": 0.8}}}
+    }"#;
+
+    fn graph(width: i64) -> ModelInfo {
+        ModelInfo {
+            inputs: vec![TensorInfo {
+                name: "image".into(),
+                elem_type: Some(1),
+                shape: Some(vec![None, Some(1), Some(4), Some(4)]),
+            }],
+            outputs: vec![TensorInfo {
+                name: "logits".into(),
+                elem_type: Some(1),
+                shape: Some(vec![Some(1), Some(width)]),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_card_parses_and_resolves_thresholds() {
+        let card = Card::parse(VALID).unwrap();
+        card.validate(&graph(3)).unwrap();
+        assert_eq!(card.thresholds(), vec![Some(0.9), None, Some(0.8)]);
+        assert_eq!(card.temperature(), 1.5);
+        assert_eq!(card.inputs[0].modality, "camera");
+        assert_eq!(Card::parse(&card.to_json()).unwrap(), card);
+    }
+
+    fn error_of(json: &str, width: i64) -> String {
+        match Card::parse(json) {
+            Err(e) => e.to_string(),
+            Ok(card) => card.validate(&graph(width)).unwrap_err().to_string(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (VALID.replace("\"schema\": 1", "\"schema\": 2"), "card.schema: version 2"),
+            (VALID.replace("\"task\"", "\"colour\": 1, \"task\""), "unknown field `colour`"),
+            (VALID.replace("\"gray\"", "\"grey\""), "card.inputs[0].color"),
+            (VALID.replace("[0.5]", "[0.5, 0.5, 0.5]"), "card.inputs[0].mean: 3 values"),
+            (VALID.replace("\"b\": null", "\"z\": null"), "per_class.z: is not one of"),
+            (VALID.replace("0.9,", "1.5,"), "card.calibration.accept.default: 1.5"),
+            (VALID.replace("[1, 1, 4, 4]", "[1, 1, 5, 4]"), "does not fit the graph input"),
+            (VALID.replace("\"logits\"", "\"probs\""), "card.output: the graph has no output"),
+        ];
+        for (json, expected) in cases {
+            let message = error_of(&json, 3);
+            assert!(message.contains(expected), "{message:?} should contain {expected:?}");
+        }
+        assert!(error_of(VALID, 10).contains("card.labels: 3 labels but the output"));
+    }
+}

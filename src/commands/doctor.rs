@@ -1,0 +1,58 @@
+//! `edge-kd doctor`: what this box has.
+
+use std::path::PathBuf;
+
+use edge_kd::doctor;
+use edge_kd::engine::ort_library::NotFound;
+
+use crate::{Failure, exit};
+
+/// Say which engines work on this box, where ONNX Runtime is (or why not), cameras, Python
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Example:\n  ORT_DYLIB_PATH=/opt/ort/libonnxruntime.so.1.20.1 edge-kd doctor")]
+pub struct Args {
+    /// ONNX Runtime shared library to check (else ORT_DYLIB_PATH, then a pip-installed onnxruntime).
+    #[arg(long, value_name = "PATH")]
+    ort_lib: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<u8, Failure> {
+    let r = doctor::examine(args.ort_lib.as_deref());
+    let m = &r.machine;
+    println!("edge-kd {}", env!("CARGO_PKG_VERSION"));
+    println!("box        {} ({} {}, {} logical CPUs{})", m.cpu, m.os, m.arch, m.logical_cpus,
+        m.memory_mib.map_or(String::new(), |mib| format!(", {mib} MiB")));
+    println!("\nengines");
+    for check in &r.engines {
+        match &check.status {
+            Ok(detail) => println!("  {:<6} usable: {detail}", check.engine.as_str()),
+            Err(why) => println!("  {:<6} NOT usable: {why}", check.engine.as_str()),
+        }
+    }
+    if !r.ort.built {
+        println!("  (this build has no ONNX Runtime support: rebuild with `cargo build --features ort`)");
+    } else if let Err(why) = &r.ort.located {
+        // The engine line already says it; repeat the remedy on its own line to be found.
+        let _ = why;
+        println!("  to use ort: {}", NotFound::advice());
+    }
+    println!("\ncameras");
+    if r.cameras.is_empty() {
+        println!("  none (/dev/video* absent)");
+    }
+    for cam in &r.cameras {
+        println!("  {}", cam.display());
+    }
+    let p = &r.python;
+    println!("\npython (for `edge-kd distill`)");
+    match &p.version {
+        Ok(v) => {
+            println!("  {:<12} Python {v}", p.interpreter);
+            println!("  torch        {}", p.torch.as_deref().unwrap_or("missing: pip install torch"));
+            println!("  onnxruntime  {}", p.onnxruntime.as_deref().unwrap_or("missing: pip install onnxruntime"));
+            println!("  edgekd_train {}", if p.edgekd_train { "installed" } else { "missing: pip install -e training/" });
+        }
+        Err(why) => println!("  {} not usable ({why}); set EDGE_KD_PYTHON to a Python 3.10+ interpreter", p.interpreter),
+    }
+    Ok(exit::OK)
+}

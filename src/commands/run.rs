@@ -1,0 +1,222 @@
+//! `edge-kd run`: classify images, folders and tensors, one line per input.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edge_kd::classify::{Classifier, DecideOptions, Outcome};
+use edge_kd::decide::Verdict;
+use edge_kd::engine::{self, EngineKind, EngineOptions};
+use edge_kd::record::{FailedRecord, Record};
+use edge_kd::source::{self, InputItem};
+
+use super::ModelArgs;
+use crate::{Failure, exit};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON object per line for programs.
+    Jsonl,
+}
+
+/// Classify images (PNG, JPEG, BMP), folders of them, or .npy tensors
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    edge-kd run models/samples/\n  \
+    edge-kd run --model student.onnx --engine ort line3/*.jpg\n  \
+    edge-kd run --format jsonl frames/ > results.jsonl\n  \
+    edge-kd run --model plain.onnx --color rgb --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 img.png\n\n\
+    A .npy input (float32, the model's input shape) is fed to the model without preprocessing.\n\
+    JSONL keys: file, label, class_index, confidence, threshold, verdict, top, latency_us, engine;\n\
+    a failed input is {\"file\", \"error\"}.")]
+pub struct Args {
+    /// Image files, folders (walked recursively) or .npy tensors.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Inference engine.
+    #[arg(short, long, default_value = "tract")]
+    engine: EngineKind,
+    /// Output format [default: table on a terminal, jsonl when piped].
+    #[arg(short, long)]
+    format: Option<Format>,
+    /// Intra-op threads for the engine.
+    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
+    /// How many of the most probable classes to list.
+    #[arg(short = 'k', long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    top_k: u16,
+    /// Accept when the calibrated confidence is at least P, for every class
+    /// (replaces the card's thresholds).
+    #[arg(long, value_name = "P", value_parser = probability)]
+    threshold: Option<f32>,
+}
+
+fn probability(s: &str) -> Result<f32, String> {
+    let p: f32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&p) { Ok(p) } else { Err(format!("{p} is not in [0, 1]")) }
+}
+
+pub fn run(args: Args) -> Result<u8, Failure> {
+    let model = args.model.load()?;
+    let opts = EngineOptions {
+        kind: args.engine,
+        threads: usize::from(args.threads),
+        ort_library: args.model.ort_lib.clone(),
+    };
+    let engine = engine::open(&model, &opts).map_err(Failure::model)?;
+    let decide = DecideOptions { top_k: usize::from(args.top_k), threshold: args.threshold };
+    let mut classifier = Classifier::new(&model, engine, decide).map_err(Failure::model)?;
+    if model.card.calibration.is_none() && args.threshold.is_none() {
+        tracing::warn!("{}: no calibrated thresholds, so every verdict is review; --threshold P sets one", model.origin());
+    }
+
+    let items = source::expand(&args.inputs);
+    let format = args.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Jsonl });
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut printer = Printer::new(format, &items);
+    printer.header(&mut out).map_err(write_failed)?;
+
+    let mut summary = Summary::default();
+    for item in &items {
+        let file = item.path.display().to_string();
+        let result = match &item.kind {
+            Err(message) => Err(message.clone()),
+            Ok(kind) => classifier.classify_path(&item.path, *kind).map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(outcome) => {
+                summary.add(&outcome);
+                let record = Record::new(&file, &outcome, classifier.labels(), classifier.engine_kind());
+                printer.record(&mut out, &record).map_err(write_failed)?;
+            }
+            Err(error) => {
+                summary.failed += 1;
+                printer.failure(&mut out, &FailedRecord { file: &file, error: &error }).map_err(write_failed)?;
+            }
+        }
+        // A daemon or pipe reading us sees each result as it is made.
+        out.flush().map_err(write_failed)?;
+    }
+    drop(out);
+    eprintln!("{}", summary.line(classifier.engine_kind(), usize::from(args.threads)));
+    Ok(if summary.failed > 0 { exit::SOME_INPUTS_FAILED } else { exit::OK })
+}
+
+fn write_failed(e: std::io::Error) -> Failure {
+    Failure { code: exit::USAGE, error: anyhow::Error::new(e).context("writing results to stdout") }
+}
+
+#[derive(Default)]
+struct Summary {
+    accepted: usize,
+    review: usize,
+    failed: usize,
+    latencies: Vec<Duration>,
+}
+
+impl Summary {
+    fn add(&mut self, outcome: &Outcome) {
+        match outcome.decision.verdict {
+            Verdict::Accept => self.accepted += 1,
+            Verdict::Review => self.review += 1,
+        }
+        self.latencies.push(outcome.latency);
+    }
+
+    fn line(&mut self, engine: EngineKind, threads: usize) -> String {
+        let total = self.accepted + self.review + self.failed;
+        let mut line = format!(
+            "{total} input{}: {} accept, {} review, {} failed ({engine}, {threads} thread{}",
+            if total == 1 { "" } else { "s" },
+            self.accepted,
+            self.review,
+            self.failed,
+            if threads == 1 { "" } else { "s" }
+        );
+        if !self.latencies.is_empty() {
+            self.latencies.sort_unstable();
+            let p50 = self.latencies[self.latencies.len() / 2];
+            line.push_str(&format!(", median latency {:.2} ms", p50.as_secs_f64() * 1e3));
+        }
+        line.push(')');
+        line
+    }
+}
+
+struct Printer {
+    format: Format,
+    file_width: usize,
+    label_width: usize,
+    colour: bool,
+}
+
+impl Printer {
+    fn new(format: Format, items: &[InputItem]) -> Printer {
+        let file_width = items.iter().map(|i| i.path.display().to_string().chars().count()).max().unwrap_or(4).clamp(4, 48);
+        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        Printer { format, file_width, label_width: 12, colour }
+    }
+
+    fn header(&self, out: &mut impl Write) -> std::io::Result<()> {
+        if self.format == Format::Table {
+            writeln!(
+                out,
+                "{:<fw$}  {:<lw$}  {:>6}  {:>6}  {:<7}  {:>9}  TOP",
+                "FILE", "LABEL", "CONF", "THRESH", "VERDICT", "LATENCY",
+                fw = self.file_width, lw = self.label_width
+            )?;
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, out: &mut impl Write, r: &Record) -> std::io::Result<()> {
+        match self.format {
+            Format::Jsonl => writeln!(out, "{}", serde_json::to_string(r).expect("records serialise")),
+            Format::Table => {
+                let verdict = r.verdict.as_str();
+                let verdict = if self.colour {
+                    let code = if r.verdict == Verdict::Accept { "32" } else { "33" };
+                    format!("\x1b[{code}m{verdict:<7}\x1b[0m")
+                } else {
+                    format!("{verdict:<7}")
+                };
+                let top: Vec<String> = r.top.iter().map(|t| format!("{} {:.2}", t.label, t.p)).collect();
+                writeln!(
+                    out,
+                    "{:<fw$}  {:<lw$}  {:>6.3}  {:>6}  {}  {:>6.2} ms  {}",
+                    fit(r.file, self.file_width),
+                    r.label,
+                    r.confidence,
+                    r.threshold.map_or("none".to_string(), |t| format!("{t:.3}")),
+                    verdict,
+                    r.latency_us as f64 / 1e3,
+                    top.join(", "),
+                    fw = self.file_width,
+                    lw = self.label_width
+                )
+            }
+        }
+    }
+
+    fn failure(&mut self, out: &mut impl Write, f: &FailedRecord) -> std::io::Result<()> {
+        match self.format {
+            Format::Jsonl => writeln!(out, "{}", serde_json::to_string(f).expect("records serialise")),
+            Format::Table => writeln!(out, "{:<fw$}  error: {}", fit(f.file, self.file_width), f.error, fw = self.file_width),
+        }
+    }
+}
+
+/// Shortens a path from the left so that its end (the file name) stays readable.
+fn fit(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
+}

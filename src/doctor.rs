@@ -1,0 +1,124 @@
+//! What this box can do: which engines run, where ONNX Runtime is (or why not),
+//! cameras, and the Python side that `distill` needs. Checks only; printing is the
+//! binary's job.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::classify::{Classifier, DecideOptions};
+use crate::engine::{self, EngineKind, EngineOptions, ort_library};
+use crate::machine::Machine;
+use crate::model::Model;
+use crate::preprocess::{Frame, PixelFormat, Samples};
+
+#[derive(Debug)]
+pub struct EngineCheck {
+    pub engine: EngineKind,
+    /// `Ok(detail)` when the default student ran in it, `Err(why not)` otherwise.
+    pub status: Result<String, String>,
+}
+
+#[derive(Debug)]
+pub struct OrtCheck {
+    pub built: bool,
+    pub located: Result<ort_library::Located, String>,
+}
+
+#[derive(Debug)]
+pub struct PythonCheck {
+    pub interpreter: String,
+    /// `python --version` text, or why it could not run.
+    pub version: Result<String, String>,
+    pub torch: Option<String>,
+    pub onnxruntime: Option<String>,
+    pub edgekd_train: bool,
+}
+
+#[derive(Debug)]
+pub struct DoctorReport {
+    pub machine: Machine,
+    pub engines: Vec<EngineCheck>,
+    pub ort: OrtCheck,
+    pub cameras: Vec<PathBuf>,
+    pub python: PythonCheck,
+}
+
+pub fn examine(ort_lib: Option<&Path>) -> DoctorReport {
+    let located = ort_library::locate(ort_lib).map_err(|e| e.to_string());
+    let engines = EngineKind::ALL.iter().map(|&kind| EngineCheck { engine: kind, status: try_engine(kind, ort_lib) }).collect();
+    DoctorReport {
+        machine: Machine::detect(),
+        engines,
+        ort: OrtCheck { built: cfg!(feature = "ort"), located },
+        cameras: cameras(),
+        python: python(),
+    }
+}
+
+/// Loads the embedded default student in `kind` and classifies one frame.
+fn try_engine(kind: EngineKind, ort_lib: Option<&Path>) -> Result<String, String> {
+    let model = Model::embedded_default().map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let engine = engine::open(&model, &EngineOptions { kind, threads: 1, ort_library: ort_lib.map(Path::to_owned) })
+        .map_err(|e| e.to_string())?;
+    let load = start.elapsed();
+    let mut classifier = Classifier::new(&model, engine, DecideOptions::default()).map_err(|e| e.to_string())?;
+    let input = &model.card.inputs[0];
+    let pixels = vec![128u8; input.width() * input.height() * input.channels()];
+    let format = if input.channels() == 1 { PixelFormat::Gray } else { PixelFormat::Rgb };
+    let frame = Frame { width: input.width(), height: input.height(), format, samples: Samples::U8(&pixels) };
+    let start = Instant::now();
+    classifier.classify_frame(&frame).map_err(|e| e.to_string())?;
+    let detail = format!(
+        "ran the default student (load {:.0} ms, first frame {:.2} ms)",
+        load.as_secs_f64() * 1e3,
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    #[cfg(feature = "ort")]
+    if kind == EngineKind::Ort {
+        if let Ok(located) = engine::ort::runtime(ort_lib) {
+            let version = ort_library::version_from_name(&located.path).unwrap_or_else(|| "unknown version".into());
+            return Ok(format!("ONNX Runtime {version} from {} ({}); {detail}", located.path.display(), located.how));
+        }
+    }
+    Ok(detail)
+}
+
+fn cameras() -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/dev")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("video")))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+fn python() -> PythonCheck {
+    let interpreter = std::env::var("EDGE_KD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = "import importlib.util as u, sys\n\
+        def v(m):\n    try:\n        return __import__(m).__version__\n    except Exception:\n        return ''\n\
+        print(sys.version.split()[0]); print(v('torch')); print(v('onnxruntime'));\n\
+        print('yes' if u.find_spec('edgekd_train') else '')";
+    let output = Command::new(&interpreter).args(["-c", probe]).output();
+    let mut check = PythonCheck { interpreter, version: Err(String::new()), torch: None, onnxruntime: None, edgekd_train: false };
+    match output {
+        Err(e) => check.version = Err(format!("cannot run it: {e}")),
+        Ok(o) if !o.status.success() => {
+            check.version = Err(String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string())
+        }
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let lines: Vec<&str> = text.lines().collect();
+            let some = |i: usize| lines.get(i).filter(|s| !s.is_empty()).map(|s| s.to_string());
+            check.version = some(0).ok_or_else(|| "no version".to_string());
+            check.torch = some(1);
+            check.onnxruntime = some(2);
+            check.edgekd_train = some(3).is_some();
+        }
+    }
+    check
+}

@@ -1,0 +1,98 @@
+//! Inference engines behind one trait. tract is always built and is the default;
+//! ONNX Runtime (feature `ort`) is loaded from a shared library at run time.
+
+use std::fmt;
+use std::str::FromStr;
+
+use thiserror::Error;
+
+use crate::model::Model;
+
+#[cfg(feature = "ort")]
+pub mod ort;
+pub mod ort_library;
+pub mod tract;
+
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("{engine} could not load {model}: {message}")]
+    Load { engine: EngineKind, model: String, message: String },
+    #[error("{engine} failed to run the model: {message}")]
+    Run { engine: EngineKind, message: String },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Tract,
+    Ort,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 2] = [EngineKind::Tract, EngineKind::Ort];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Tract => "tract",
+            EngineKind::Ort => "ort",
+        }
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tract" => Ok(EngineKind::Tract),
+            "ort" | "onnxruntime" => Ok(EngineKind::Ort),
+            other => Err(format!("unknown engine {other:?} (expected tract or ort)")),
+        }
+    }
+}
+
+/// How to open an engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub kind: EngineKind,
+    /// Intra-op threads; 1 keeps inference on the calling thread.
+    pub threads: usize,
+    /// Where ONNX Runtime lives, when not found by the usual search.
+    pub ort_library: Option<std::path::PathBuf>,
+}
+
+/// A model loaded into an engine, with its buffers reserved, ready to run frames.
+pub trait Engine: Send {
+    fn kind(&self) -> EngineKind;
+
+    /// Number of values in the output the card names (the class count).
+    fn output_len(&self) -> usize;
+
+    /// Runs one frame. `inputs` follow the card's input order, each holding exactly
+    /// that input's NCHW f32 values; the logits are written into `out`.
+    fn run(&mut self, inputs: &[&[f32]], out: &mut Vec<f32>) -> Result<(), EngineError>;
+}
+
+pub fn open(model: &Model, opts: &EngineOptions) -> Result<Box<dyn Engine>, EngineError> {
+    let threads = opts.threads.max(1);
+    match opts.kind {
+        EngineKind::Tract => Ok(Box::new(tract::TractEngine::load(model, threads)?)),
+        #[cfg(feature = "ort")]
+        EngineKind::Ort => {
+            Ok(Box::new(ort::OrtEngine::load(model, threads, opts.ort_library.as_deref())?))
+        }
+        #[cfg(not(feature = "ort"))]
+        EngineKind::Ort => Err(EngineError::Unavailable(
+            "this edge-kd was built without ONNX Runtime support (cargo feature `ort`); \
+             rebuild with `--features ort` or use --engine tract"
+                .into(),
+        )),
+    }
+}

@@ -1,0 +1,97 @@
+//! The Rust preprocessing matches the reference definition in
+//! `tests/fixtures/preprocess_ref.py` on every image and card in the fixtures, so that
+//! the box sees what training saw.
+
+mod common;
+
+use common::*;
+use edge_kd::model::{CardlessOptions, Model};
+use edge_kd::npy;
+use edge_kd::preprocess::decode::ImageFileDecoder;
+use edge_kd::preprocess::{Frame, PixelFormat, Preprocessor, Samples};
+
+const IMAGES: [&str; 6] = ["rgb_50x30.png", "gray_28.png", "rgba_40x40.png", "gray16_20x20.png", "photo_64x48.jpg", "tiny_33x17.bmp"];
+
+fn model(name: &str) -> Model {
+    if name == "fashion-tiny" {
+        return Model::embedded_default().unwrap();
+    }
+    Model::open(&fixture(&format!("models/{name}.onnx")), &CardlessOptions::default()).unwrap()
+}
+
+/// A uint8 `.npy` (the JPEG as PIL decoded it), read here because the runtime only
+/// takes float32 tensors.
+fn read_u8_npy(path: &std::path::Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'|u1'"), "{header}");
+    bytes[10 + header_len..].to_vec()
+}
+
+#[test]
+fn jpeg_decoding_is_close_to_libjpeg() {
+    let mut decoder = ImageFileDecoder::new();
+    let frame = decoder.decode_file(&fixture("images/photo_64x48.jpg")).unwrap();
+    let Samples::U8(ours) = frame.samples else { panic!("8-bit JPEG") };
+    let pil = read_u8_npy(&fixture("images/photo_64x48.decoded.npy"));
+    assert_eq!((frame.width, frame.height, ours.len()), (64, 48, pil.len()));
+    // JPEG leaves IDCT rounding and chroma upsampling to the decoder: libjpeg-turbo (PIL)
+    // and the image crate differ by a few levels on some pixels, not on average.
+    let worst = ours.iter().zip(&pil).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    let mean = ours.iter().zip(&pil).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>() / pil.len() as f64;
+    assert!(worst <= 6 && mean < 0.5, "JPEG decoders differ: max {worst} levels, mean {mean:.3}");
+}
+
+#[test]
+fn jpeg_pixels_as_pil_decoded_them_preprocess_to_the_reference() {
+    let pil = read_u8_npy(&fixture("images/photo_64x48.decoded.npy"));
+    let frame = Frame { width: 64, height: 48, format: PixelFormat::Rgb, samples: Samples::U8(&pil) };
+    for model_name in ["gray28", "rgb32_crop", "bgr_letterbox", "fashion-tiny"] {
+        let model = model(model_name);
+        let expected = npy::read_f32(&fixture(&format!("preprocess/photo_64x48__{model_name}.npy"))).unwrap();
+        let diff = max_abs_diff(Preprocessor::new(&model.card.inputs[0]).run(&frame).unwrap(), &expected.data);
+        assert!(diff <= 1e-4, "{model_name}: {diff}");
+    }
+}
+
+#[test]
+fn every_image_and_card_matches_the_reference() {
+    for model_name in ["gray28", "rgb32_crop", "bgr_letterbox", "fashion-tiny"] {
+        let model = model(model_name);
+        let spec = &model.card.inputs[0];
+        let mut pre = Preprocessor::new(spec);
+        let mut decoder = ImageFileDecoder::new();
+        for image in IMAGES {
+            let stem = image.split('.').next().unwrap();
+            let expected = npy::read_f32(&fixture(&format!("preprocess/{stem}__{model_name}.npy"))).unwrap();
+            assert_eq!(expected.shape, spec.shape, "{stem}__{model_name}");
+            let frame = decoder.decode_file(&fixture(&format!("images/{image}"))).unwrap();
+            let got = pre.run(&frame).unwrap();
+            let diff = max_abs_diff(got, &expected.data);
+            // Decoded JPEG pixels may differ from PIL's by a few levels (see above); the
+            // arithmetic itself is checked on PIL's pixels in the test before.
+            let tolerance = if image.ends_with(".jpg") {
+                6.0 * spec.scale / spec.std.iter().copied().fold(f32::INFINITY, f32::min) + 1e-4
+            } else {
+                1e-4
+            };
+            assert!(diff <= tolerance, "{image} for {model_name} ({:?}): max abs diff {diff}", spec.resize);
+        }
+    }
+}
+
+#[test]
+fn shipped_samples_preprocess_to_the_training_tensors() {
+    let model = Model::embedded_default().unwrap();
+    let mut pre = Preprocessor::new(&model.card.inputs[0]);
+    let mut decoder = ImageFileDecoder::new();
+    let mut samples: Vec<_> = std::fs::read_dir(samples()).unwrap().map(|e| e.unwrap().path()).collect();
+    samples.sort();
+    for (k, path) in samples.iter().take(4).enumerate() {
+        let expected = npy::read_f32(&root().join(format!("models/default/reference/input_{k}.npy"))).unwrap();
+        let frame = decoder.decode_file(path).unwrap();
+        let diff = max_abs_diff(pre.run(&frame).unwrap(), &expected.data);
+        assert!(diff <= 1e-5, "{}: {diff}", path.display());
+    }
+}

@@ -1,0 +1,178 @@
+"""Write and read the edge-kd model card (design.md section 3).
+
+The card is JSON stored in the ONNX model's ``metadata_props`` under the key
+``edge_kd.card``. The single source of truth for its format is
+``docs/card.schema.json`` in the repository; this module finds it by walking up from
+this file (or from ``$EDGEKD_CARD_SCHEMA`` if set).
+
+    from edgekd_train.card import validate_card, write_card, read_card
+    write_card("model.onnx", card)          # validates, then stores it in place
+    card = read_card("model.onnx")          # dict, or None when the model has no card
+
+Besides the JSON Schema, :func:`validate_card` makes the checks a schema cannot express:
+
+* every input's ``mean`` and ``std`` hold one value per channel: 1 for ``gray``, 3 for
+  ``rgb``/``bgr``, and that count equals ``shape[1]`` (NCHW);
+* ``calibration.accept.per_class`` keys are labels.
+
+:func:`write_card` also checks the card against the graph: the output named
+``card["output"]`` exists and its last dimension (when static) equals the number of
+labels, and each card input names a graph input whose static dimensions match.
+
+This module must not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+import onnx
+
+CARD_KEY = "edge_kd.card"
+SCHEMA_RELPATH = Path("docs") / "card.schema.json"
+CHANNELS = {"gray": 1, "rgb": 3, "bgr": 3}
+
+
+class CardError(ValueError):
+    """An invalid card; the message starts with the offending field, e.g. ``card.inputs[0].mean``."""
+
+
+def find_schema_path() -> Path:
+    """Locate docs/card.schema.json ($EDGEKD_CARD_SCHEMA, else walk up from this file)."""
+    env = os.environ.get("EDGEKD_CARD_SCHEMA")
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise FileNotFoundError(f"EDGEKD_CARD_SCHEMA={env}: no such file")
+        return p
+    here = Path(__file__).resolve().parent
+    for d in (here, *here.parents):
+        p = d / SCHEMA_RELPATH
+        if p.is_file():
+            return p
+    raise FileNotFoundError(
+        f"card schema {SCHEMA_RELPATH} not found in any parent of {here}; "
+        "run from the edge-kd repository or set EDGEKD_CARD_SCHEMA"
+    )
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict:
+    """The card JSON Schema as a dict (checked to be a valid draft 2020-12 schema)."""
+    with open(find_schema_path(), encoding="utf-8") as f:
+        schema = json.load(f)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def _field(path) -> str:
+    out = "card"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def validate_card(card: dict) -> None:
+    """Raise :class:`CardError` unless ``card`` is a valid schema-1 card."""
+    validator = jsonschema.Draft202012Validator(load_schema())
+    err = jsonschema.exceptions.best_match(validator.iter_errors(card))
+    if err is not None:
+        raise CardError(f"{_field(err.absolute_path)}: {err.message}")
+
+    for i, inp in enumerate(card["inputs"]):
+        want = CHANNELS[inp["color"]]
+        for key in ("mean", "std"):
+            n = len(inp[key])
+            if n != want:
+                raise CardError(
+                    f"card.inputs[{i}].{key}: {n} values for a {inp['color']!r} input, expected {want}"
+                )
+        if inp["shape"][1] != want:
+            raise CardError(
+                f"card.inputs[{i}].shape: {inp['shape'][1]} channels (shape[1]) for a "
+                f"{inp['color']!r} input, expected {want}"
+            )
+
+    names = [inp["name"] for inp in card["inputs"]]
+    if len(set(names)) != len(names):
+        raise CardError("card.inputs: input names are not unique")
+    mm = card.get("missing_modality")
+    if mm and mm.get("mask_input") is not None and mm["mask_input"] not in names:
+        raise CardError(f"card.missing_modality.mask_input: {mm['mask_input']!r} is not an input name")
+
+    cal = card.get("calibration")
+    if cal:
+        labels = set(card["labels"])
+        for key in cal["accept"].get("per_class", {}):
+            if key not in labels:
+                raise CardError(f"card.calibration.accept.per_class.{key}: {key!r} is not a label")
+
+
+def _dims(value_info) -> list[int | None]:
+    return [
+        d.dim_value if d.HasField("dim_value") else None
+        for d in value_info.type.tensor_type.shape.dim
+    ]
+
+
+def check_against_graph(card: dict, model: onnx.ModelProto) -> None:
+    """Check ``card`` against the graph's inputs and outputs (CardError on mismatch)."""
+    outputs = {o.name: o for o in model.graph.output}
+    if card["output"] not in outputs:
+        raise CardError(
+            f"card.output: graph has no output {card['output']!r} (outputs: {sorted(outputs)})"
+        )
+    dims = _dims(outputs[card["output"]])
+    if dims and dims[-1] is not None and dims[-1] != len(card["labels"]):
+        raise CardError(
+            f"card.labels: {len(card['labels'])} labels but output {card['output']!r} has width {dims[-1]}"
+        )
+    init = {t.name for t in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input if i.name not in init}
+    for i, inp in enumerate(card["inputs"]):
+        if inp["name"] not in inputs:
+            raise CardError(
+                f"card.inputs[{i}].name: graph has no input {inp['name']!r} (inputs: {sorted(inputs)})"
+            )
+        gd = _dims(inputs[inp["name"]])
+        if len(gd) != len(inp["shape"]) or any(g is not None and g != s for g, s in zip(gd, inp["shape"])):
+            raise CardError(f"card.inputs[{i}].shape: {inp['shape']} does not match the graph input {gd}")
+
+
+def write_card(onnx_path, card: dict, out_path=None) -> None:
+    """Validate ``card`` and store it in the model at ``onnx_path``.
+
+    Writes to ``out_path`` (default: in place). Any existing ``edge_kd.card`` entry is
+    replaced; other metadata is kept.
+    """
+    validate_card(card)
+    model = onnx.load(str(onnx_path))
+    check_against_graph(card, model)
+    text = json.dumps(card, ensure_ascii=False)
+    kept = [p for p in model.metadata_props if p.key != CARD_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=CARD_KEY, value=text)
+    onnx.save(model, str(out_path if out_path is not None else onnx_path))
+
+
+def read_card(onnx_path, validate: bool = False) -> dict | None:
+    """The card stored in the model, or None when there is none.
+
+    With ``validate=True`` the card is also checked (:func:`validate_card`).
+    """
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    for p in model.metadata_props:
+        if p.key == CARD_KEY:
+            try:
+                card = json.loads(p.value)
+            except json.JSONDecodeError as e:
+                raise CardError(f"card: metadata {CARD_KEY!r} is not valid JSON: {e}") from e
+            if validate:
+                validate_card(card)
+            return card
+    return None
