@@ -94,22 +94,29 @@ impl Axis {
 
 pub struct Preprocessor {
     spec: InputSpec,
-    /// Source converted to the target colour, planar, on the 0..255 scale.
-    plane: Vec<f32>,
     rows: Axis,
     cols: Axis,
     geometry: Option<(usize, usize)>,
+    /// Per output channel: `v * gain + bias` is `(v * scale - mean) / std`.
+    gain: [f32; 3],
+    bias: [f32; 3],
     out: Vec<f32>,
 }
 
 impl Preprocessor {
     pub fn new(spec: &InputSpec) -> Preprocessor {
+        let (mut gain, mut bias) = ([0.0; 3], [0.0; 3]);
+        for c in 0..spec.channels() {
+            gain[c] = spec.scale / spec.std[c];
+            bias[c] = -spec.mean[c] / spec.std[c];
+        }
         Preprocessor {
             spec: spec.clone(),
-            plane: Vec::new(),
             rows: Axis::default(),
             cols: Axis::default(),
             geometry: None,
+            gain,
+            bias,
             out: vec![0.0; spec.len()],
         }
     }
@@ -139,26 +146,15 @@ impl Preprocessor {
                 expected,
             });
         }
-        self.convert_colour(frame);
         if self.geometry != Some((w, h)) {
             self.plan_geometry(w, h);
             self.geometry = Some((w, h));
         }
-        self.resample(w, h);
-        Ok(&self.out)
-    }
-
-    fn convert_colour(&mut self, frame: &Frame) {
-        let target = self.spec.color;
-        let pixels = frame.width * frame.height;
-        let out_channels = target.channels();
-        self.plane.resize(pixels * out_channels, 0.0);
         match frame.samples {
-            Samples::U8(s) => fill_plane(&mut self.plane, s, frame.format, target, pixels, |v| f32::from(v)),
-            Samples::U16(s) => {
-                fill_plane(&mut self.plane, s, frame.format, target, pixels, |v| f32::from(v) / 257.0)
-            }
+            Samples::U8(s) => self.convert(s, frame.format, w, h, f32::from),
+            Samples::U16(s) => self.convert(s, frame.format, w, h, |v| f32::from(v) / 257.0),
         }
+        Ok(&self.out)
     }
 
     fn plan_geometry(&mut self, w: usize, h: usize) {
@@ -187,74 +183,85 @@ impl Preprocessor {
         }
     }
 
-    fn resample(&mut self, w: usize, h: usize) {
-        let (out_h, out_w) = (self.spec.height(), self.spec.width());
-        let channels = self.spec.channels();
-        for c in 0..channels {
-            let plane = &self.plane[c * w * h..(c + 1) * w * h];
-            let (gain, bias) = {
-                let std = self.spec.std[c];
-                (self.spec.scale / std, -self.spec.mean[c] / std)
+    /// Picks the colour conversion and pixel size once per frame, so the per-pixel loops
+    /// are branch-free and their slices have sizes known at compile time.
+    /// Luma uses ITU-R BT.601 weights, as PIL's `convert("L")` does; alpha is dropped.
+    fn convert<T: Copy>(&mut self, src: &[T], format: PixelFormat, w: usize, h: usize, value: impl Fn(T) -> f32 + Copy) {
+        macro_rules! gray_source {
+            ($s:literal) => {
+                match self.spec.color {
+                    Color::Gray => self.sample::<T, $s, 1>(src, w, h, move |p| [value(p[0])]),
+                    Color::Rgb | Color::Bgr => self.sample::<T, $s, 3>(src, w, h, move |p| {
+                        let v = value(p[0]);
+                        [v, v, v]
+                    }),
+                }
             };
-            let out = &mut self.out[c * out_h * out_w..(c + 1) * out_h * out_w];
-            for (i, &(y0, y1, wy)) in self.rows.taps.iter().enumerate() {
-                let row = &mut out[i * out_w..(i + 1) * out_w];
-                if i < self.rows.start || i >= self.rows.end {
-                    row.fill(bias);
-                    continue;
+        }
+        macro_rules! colour_source {
+            ($s:literal) => {
+                match self.spec.color {
+                    Color::Gray => self.sample::<T, $s, 1>(src, w, h, move |p| {
+                        [0.299 * value(p[0]) + 0.587 * value(p[1]) + 0.114 * value(p[2])]
+                    }),
+                    Color::Rgb => self.sample::<T, $s, 3>(src, w, h, move |p| [value(p[0]), value(p[1]), value(p[2])]),
+                    Color::Bgr => self.sample::<T, $s, 3>(src, w, h, move |p| [value(p[2]), value(p[1]), value(p[0])]),
                 }
-                let (r0, r1) = (&plane[y0 * w..(y0 + 1) * w], &plane[y1 * w..(y1 + 1) * w]);
-                for (j, (dst, &(x0, x1, wx))) in row.iter_mut().zip(&self.cols.taps).enumerate() {
-                    if j < self.cols.start || j >= self.cols.end {
-                        *dst = bias;
-                        continue;
-                    }
-                    let top = r0[x0] + wx * (r0[x1] - r0[x0]);
-                    let bottom = r1[x0] + wx * (r1[x1] - r1[x0]);
-                    let v = top + wy * (bottom - top);
-                    *dst = v * gain + bias;
-                }
-            }
+            };
+        }
+        match format {
+            PixelFormat::Gray => gray_source!(1),
+            PixelFormat::GrayAlpha => gray_source!(2),
+            PixelFormat::Rgb => colour_source!(3),
+            PixelFormat::Rgba => colour_source!(4),
         }
     }
-}
 
-/// Writes the source pixels into planar f32 in the target colour (0..255 scale).
-/// Luma uses ITU-R BT.601 weights, as PIL's `convert("L")` does; alpha is dropped.
-fn fill_plane<T: Copy>(
-    plane: &mut [f32],
-    src: &[T],
-    format: PixelFormat,
-    target: Color,
-    pixels: usize,
-    value: impl Fn(T) -> f32,
-) {
-    let stride = format.channels();
-    let colour = matches!(format, PixelFormat::Rgb | PixelFormat::Rgba);
-    match target {
-        Color::Gray => {
-            for (dst, px) in plane[..pixels].iter_mut().zip(src.chunks_exact(stride)) {
-                *dst = if colour {
-                    0.299 * value(px[0]) + 0.587 * value(px[1]) + 0.114 * value(px[2])
-                } else {
-                    value(px[0])
-                };
+    /// Samples the frame at every output position. Colour conversion and bilinear
+    /// interpolation are both linear, so converting the (at most four) source pixels each
+    /// output pixel reads equals converting the whole frame first, at a cost that follows
+    /// the model's input size rather than the camera's.
+    fn sample<T: Copy, const S: usize, const C: usize>(&mut self, src: &[T], w: usize, h: usize, pixel: impl Fn(&[T; S]) -> [f32; C]) {
+        let at = |row: &[T], offset: usize| pixel(row[offset..offset + S].try_into().expect("S samples"));
+        let (out_h, out_w) = (self.spec.height(), self.spec.width());
+        let plane = out_h * out_w;
+        let (gain, bias) = (self.gain, self.bias);
+        if (w, h) == (out_w, out_h) {
+            // Same size: every resize mode is the identity.
+            for (k, px) in src.chunks_exact(S).enumerate() {
+                let v = pixel(px.try_into().expect("S samples"));
+                for c in 0..C {
+                    self.out[c * plane + k] = v[c] * gain[c] + bias[c];
+                }
             }
+            return;
         }
-        Color::Rgb | Color::Bgr => {
-            let order: [usize; 3] = if target == Color::Rgb { [0, 1, 2] } else { [2, 1, 0] };
-            let (first, rest) = plane.split_at_mut(pixels);
-            let (second, third) = rest.split_at_mut(pixels);
-            for (k, px) in src.chunks_exact(stride).enumerate() {
-                let rgb = if colour {
-                    [value(px[0]), value(px[1]), value(px[2])]
-                } else {
-                    let v = value(px[0]);
-                    [v, v, v]
-                };
-                first[k] = rgb[order[0]];
-                second[k] = rgb[order[1]];
-                third[k] = rgb[order[2]];
+        let mut channels = self.out.chunks_exact_mut(plane);
+        let planes: [&mut [f32]; C] = std::array::from_fn(|_| channels.next().expect("C planes"));
+        let (cols, row_len) = (&self.cols, w * S);
+        for (i, &(y0, y1, wy)) in self.rows.taps.iter().enumerate() {
+            let out_row = i * out_w..(i + 1) * out_w;
+            if i < self.rows.start || i >= self.rows.end {
+                for c in 0..C {
+                    planes[c][out_row.clone()].fill(bias[c]);
+                }
+                continue;
+            }
+            let r0 = &src[y0 * row_len..(y0 + 1) * row_len];
+            let r1 = &src[y1 * row_len..(y1 + 1) * row_len];
+            for c in 0..C {
+                planes[c][i * out_w..i * out_w + cols.start].fill(bias[c]);
+                planes[c][i * out_w + cols.end..(i + 1) * out_w].fill(bias[c]);
+            }
+            for (j, &(x0, x1, wx)) in cols.taps[cols.start..cols.end].iter().enumerate() {
+                let k = i * out_w + cols.start + j;
+                let (a, b) = (x0 * S, x1 * S);
+                let (p00, p01, p10, p11) = (at(r0, a), at(r0, b), at(r1, a), at(r1, b));
+                for c in 0..C {
+                    let top = p00[c] + wx * (p01[c] - p00[c]);
+                    let bottom = p10[c] + wx * (p11[c] - p10[c]);
+                    planes[c][k] = (top + wy * (bottom - top)) * gain[c] + bias[c];
+                }
             }
         }
     }
