@@ -104,7 +104,12 @@ struct BenchFrame {
 
 impl BenchFrame {
     fn frame(&self) -> Frame<'_> {
-        Frame { width: self.width, height: self.height, format: self.format, samples: Samples::U8(&self.pixels) }
+        Frame {
+            width: self.width,
+            height: self.height,
+            format: self.format,
+            samples: Samples::U8(&self.pixels),
+        }
     }
 }
 
@@ -116,7 +121,9 @@ fn load_frame(model: &Model, path: Option<&PathBuf>) -> Result<BenchFrame, Strin
             let frame = decoder.decode_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let pixels = match frame.samples {
                 Samples::U8(s) => s.to_vec(),
-                Samples::U16(_) => return Err(format!("{}: use an 8-bit image as the frame", path.display())),
+                Samples::U16(_) => {
+                    return Err(format!("{}: use an 8-bit image as the frame", path.display()));
+                }
             };
             Ok(BenchFrame {
                 width: frame.width,
@@ -286,8 +293,16 @@ impl BenchReport {
                 };
                 s.push_str(&format!(
                     "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} |\n",
-                    r.engine, r.threads, stage, st.p50_us, st.p90_us, st.p99_us, st.max_us,
-                    st.throughput_fps, overhead, rss
+                    r.engine,
+                    r.threads,
+                    stage,
+                    st.p50_us,
+                    st.p90_us,
+                    st.p99_us,
+                    st.max_us,
+                    st.throughput_fps,
+                    overhead,
+                    rss
                 ));
             }
         }
@@ -303,7 +318,10 @@ mod tests {
     fn percentiles_come_from_the_sorted_samples() {
         let mut d: Vec<Duration> = (1..=100).rev().map(Duration::from_micros).collect();
         let s = Stats::from_durations(&mut d);
-        assert_eq!((s.p50_us.round(), s.p90_us.round(), s.p99_us.round(), s.max_us), (51.0, 90.0, 99.0, 100.0));
+        assert_eq!(
+            (s.p50_us.round(), s.p90_us.round(), s.p99_us.round(), s.max_us),
+            (51.0, 90.0, 99.0, 100.0)
+        );
         assert!((s.mean_us - 50.5).abs() < 1e-9);
         assert!((s.throughput_fps - 1e6 / 50.5).abs() < 1e-6);
     }

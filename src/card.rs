@@ -82,7 +82,8 @@ impl InputSpec {
     pub fn width(&self) -> usize {
         self.shape[3]
     }
-    pub fn len(&self) -> usize {
+    /// Number of f32 values in the input tensor.
+    pub fn tensor_len(&self) -> usize {
         self.shape.iter().product()
     }
 }
@@ -270,17 +271,13 @@ impl Card {
                 format!("the graph has no output {:?} (it has: {})", self.output, names.join(", ")),
             ));
         };
-        if let Some(width) = output_width(output) {
-            if width != self.labels.len() {
-                return Err(field_error(
-                    "labels",
-                    format!(
-                        "{} labels but the output {:?} has {width} classes",
-                        self.labels.len(),
-                        self.output
-                    ),
-                ));
-            }
+        if let Some(width) = output_width(output)
+            && width != self.labels.len()
+        {
+            return Err(field_error(
+                "labels",
+                format!("{} labels but the output {:?} has {width} classes", self.labels.len(), self.output),
+            ));
         }
         if let Some(cal) = &self.calibration {
             if !(cal.temperature.is_finite() && cal.temperature > 0.0) {
@@ -324,16 +321,9 @@ fn check_probability(p: Option<f32>, field: &str) -> Result<(), CardError> {
     }
 }
 
-fn validate_input(
-    input: &InputSpec,
-    field: &str,
-    graph_input: Option<&TensorInfo>,
-) -> Result<(), CardError> {
+fn validate_input(input: &InputSpec, field: &str, graph_input: Option<&TensorInfo>) -> Result<(), CardError> {
     let Some(graph_input) = graph_input else {
-        return Err(field_error(
-            format!("{field}.name"),
-            format!("the graph has no input {:?}", input.name),
-        ));
+        return Err(field_error(format!("{field}.name"), format!("the graph has no input {:?}", input.name)));
     };
     if input.shape.len() != 4 || input.shape.contains(&0) {
         return Err(field_error(
@@ -348,11 +338,7 @@ fn validate_input(
     if input.shape[1] != channels {
         return Err(field_error(
             format!("{field}.shape"),
-            format!(
-                "{} channels but color {:?} has {channels}",
-                input.shape[1],
-                input.color.as_str()
-            ),
+            format!("{} channels but color {:?} has {channels}", input.shape[1], input.color.as_str()),
         ));
     }
     for (name, values) in [("mean", &input.mean), ("std", &input.std)] {
@@ -374,8 +360,8 @@ fn validate_input(
         return Err(field_error(format!("{field}.scale"), "must be a positive number"));
     }
     if let Some(dims) = &graph_input.shape {
-        let matches = dims.len() == 4
-            && dims.iter().zip(&input.shape).all(|(g, c)| g.is_none_or(|g| g == *c as i64));
+        let matches =
+            dims.len() == 4 && dims.iter().zip(&input.shape).all(|(g, c)| g.is_none_or(|g| g == *c as i64));
         if !matches {
             return Err(field_error(
                 format!("{field}.shape"),

@@ -46,7 +46,10 @@ pub struct DoctorReport {
 
 pub fn examine(ort_lib: Option<&Path>) -> DoctorReport {
     let located = ort_library::locate(ort_lib).map_err(|e| e.to_string());
-    let engines = EngineKind::ALL.iter().map(|&kind| EngineCheck { engine: kind, status: try_engine(kind, ort_lib) }).collect();
+    let engines = EngineKind::ALL
+        .iter()
+        .map(|&kind| EngineCheck { engine: kind, status: try_engine(kind, ort_lib) })
+        .collect();
     DoctorReport {
         machine: Machine::detect(),
         engines,
@@ -60,10 +63,12 @@ pub fn examine(ort_lib: Option<&Path>) -> DoctorReport {
 fn try_engine(kind: EngineKind, ort_lib: Option<&Path>) -> Result<String, String> {
     let model = Model::embedded_default().map_err(|e| e.to_string())?;
     let start = Instant::now();
-    let engine = engine::open(&model, &EngineOptions { kind, threads: 1, ort_library: ort_lib.map(Path::to_owned) })
-        .map_err(|e| e.to_string())?;
+    let engine =
+        engine::open(&model, &EngineOptions { kind, threads: 1, ort_library: ort_lib.map(Path::to_owned) })
+            .map_err(|e| e.to_string())?;
     let load = start.elapsed();
-    let mut classifier = Classifier::new(&model, engine, DecideOptions::default()).map_err(|e| e.to_string())?;
+    let mut classifier =
+        Classifier::new(&model, engine, DecideOptions::default()).map_err(|e| e.to_string())?;
     let input = &model.card.inputs[0];
     let pixels = vec![128u8; input.width() * input.height() * input.channels()];
     let format = if input.channels() == 1 { PixelFormat::Gray } else { PixelFormat::Rgb };
@@ -76,11 +81,16 @@ fn try_engine(kind: EngineKind, ort_lib: Option<&Path>) -> Result<String, String
         start.elapsed().as_secs_f64() * 1e3
     );
     #[cfg(feature = "ort")]
-    if kind == EngineKind::Ort {
-        if let Ok(located) = engine::ort::runtime(ort_lib) {
-            let version = ort_library::version_from_name(&located.path).unwrap_or_else(|| "unknown version".into());
-            return Ok(format!("ONNX Runtime {version} from {} ({}); {detail}", located.path.display(), located.how));
-        }
+    if kind == EngineKind::Ort
+        && let Ok(located) = engine::ort::runtime(ort_lib)
+    {
+        let version =
+            ort_library::version_from_name(&located.path).unwrap_or_else(|| "unknown version".into());
+        return Ok(format!(
+            "ONNX Runtime {version} from {} ({}); {detail}",
+            located.path.display(),
+            located.how
+        ));
     }
     Ok(detail)
 }
@@ -104,11 +114,18 @@ fn python() -> PythonCheck {
         print(sys.version.split()[0]); print(v('torch')); print(v('onnxruntime'));\n\
         print('yes' if u.find_spec('edgekd_train') else '')";
     let output = Command::new(&interpreter).args(["-c", probe]).output();
-    let mut check = PythonCheck { interpreter, version: Err(String::new()), torch: None, onnxruntime: None, edgekd_train: false };
+    let mut check = PythonCheck {
+        interpreter,
+        version: Err(String::new()),
+        torch: None,
+        onnxruntime: None,
+        edgekd_train: false,
+    };
     match output {
         Err(e) => check.version = Err(format!("cannot run it: {e}")),
         Ok(o) if !o.status.success() => {
-            check.version = Err(String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string())
+            check.version =
+                Err(String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string())
         }
         Ok(o) => {
             let text = String::from_utf8_lossy(&o.stdout);

@@ -35,10 +35,10 @@ fn cpu_name() -> Option<String> {
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     for key in ["model name", "Hardware", "cpu model", "CPU part"] {
-        if let Some(line) = cpuinfo.lines().find(|l| l.starts_with(key)) {
-            if let Some((_, v)) = line.split_once(':') {
-                return Some(v.trim().to_string());
-            }
+        if let Some(line) = cpuinfo.lines().find(|l| l.starts_with(key))
+            && let Some((_, v)) = line.split_once(':')
+        {
+            return Some(v.trim().to_string());
         }
     }
     None
@@ -68,9 +68,7 @@ pub fn reset_peak_rss() -> bool {
 
 /// Now as an RFC 3339 UTC timestamp, without a date-time dependency.
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)

@@ -59,8 +59,8 @@ pub struct Model {
 
 impl Model {
     pub fn open(path: &Path, fallback: &CardlessOptions) -> Result<Model, ModelError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| ModelError::Read { path: path.to_owned(), source })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| ModelError::Read { path: path.to_owned(), source })?;
         Self::from_bytes(Cow::Owned(bytes), path.display().to_string(), fallback)
     }
 
@@ -73,10 +73,7 @@ impl Model {
     }
 
     /// `path` when given, the embedded default otherwise.
-    pub fn open_or_default(
-        path: Option<&Path>,
-        fallback: &CardlessOptions,
-    ) -> Result<Model, ModelError> {
+    pub fn open_or_default(path: Option<&Path>, fallback: &CardlessOptions) -> Result<Model, ModelError> {
         match path {
             Some(p) => Self::open(p, fallback),
             None => Self::embedded_default(),
@@ -97,10 +94,11 @@ impl Model {
                     .map_err(|source| ModelError::Card { origin: origin.clone(), source })?;
                 (card, true)
             }
-            None => (cardless(&info, fallback).map_err(|message| ModelError::Unsupported {
-                origin: origin.clone(),
-                message,
-            })?, false),
+            None => (
+                cardless(&info, fallback)
+                    .map_err(|message| ModelError::Unsupported { origin: origin.clone(), message })?,
+                false,
+            ),
         };
         Ok(Model { bytes, origin, info, card, has_card })
     }
@@ -158,11 +156,20 @@ fn cardless(info: &ModelInfo, opts: &CardlessOptions) -> Result<Card, String> {
     let color = match (opts.color, shape[1]) {
         (Some(c), n) if c.channels() == n => c,
         (Some(c), n) => {
-            return Err(format!("--color {} needs {} channels but the input has {n}", c.as_str(), c.channels()));
+            return Err(format!(
+                "--color {} needs {} channels but the input has {n}",
+                c.as_str(),
+                c.channels()
+            ));
         }
         (None, 1) => Color::Gray,
         (None, 3) => Color::Rgb,
-        (None, n) => return Err(format!("input {:?} has {n} channels; edge-kd reads 1 (gray) or 3 (rgb/bgr)", input.name)),
+        (None, n) => {
+            return Err(format!(
+                "input {:?} has {n} channels; edge-kd reads 1 (gray) or 3 (rgb/bgr)",
+                input.name
+            ));
+        }
     };
     let channels = color.channels();
     let per_channel = |v: &Option<Vec<f32>>, flag: &str, default: f32| -> Result<Vec<f32>, String> {

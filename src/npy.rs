@@ -72,10 +72,8 @@ pub fn parse_f32(bytes: &[u8]) -> Result<NpyArray, NpyError> {
     if data.len() < expected {
         return Err(NpyError::Truncated { got: data.len(), expected });
     }
-    let data = data[..expected]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let data =
+        data[..expected].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     Ok(NpyArray { shape, data })
 }
 

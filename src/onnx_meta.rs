@@ -27,10 +27,8 @@ impl TensorInfo {
         match &self.shape {
             None => "unknown".into(),
             Some(dims) => {
-                let parts: Vec<String> = dims
-                    .iter()
-                    .map(|d| d.map_or_else(|| "?".to_string(), |n| n.to_string()))
-                    .collect();
+                let parts: Vec<String> =
+                    dims.iter().map(|d| d.map_or_else(|| "?".to_string(), |n| n.to_string())).collect();
                 format!("[{}]", parts.join(", "))
             }
         }
@@ -213,8 +211,7 @@ impl<'a> Fields<'a> {
     fn varint(&mut self) -> Result<u64, OnnxError> {
         let mut value = 0u64;
         for i in 0..10 {
-            let (&byte, rest) =
-                self.buf.split_first().ok_or_else(|| OnnxError("truncated varint".into()))?;
+            let (&byte, rest) = self.buf.split_first().ok_or_else(|| OnnxError("truncated varint".into()))?;
             self.buf = rest;
             value |= u64::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {

@@ -93,10 +93,8 @@ mod tests {
             std::fs::write(d.join(f), b"").unwrap();
         }
         let items = expand(&[d.to_owned(), d.join("missing.png")]);
-        let names: Vec<String> = items
-            .iter()
-            .map(|i| i.path.strip_prefix(d).unwrap_or(&i.path).display().to_string())
-            .collect();
+        let names: Vec<String> =
+            items.iter().map(|i| i.path.strip_prefix(d).unwrap_or(&i.path).display().to_string()).collect();
         assert_eq!(names[..5], ["a.JPG", "b.png", "notes.txt", "sub/c.bmp", "x.npy"]);
         assert!(items[2].kind.as_ref().unwrap_err().contains("not an image"));
         assert_eq!(items[4].kind, Ok(InputKind::Tensor));

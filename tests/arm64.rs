@@ -40,7 +40,13 @@ fn qemu(binary: &Path) -> Command {
 fn labels(output: &std::process::Output) -> Vec<(String, u64, f64)> {
     stdout_lines(output)
         .iter()
-        .map(|l| (l["file"].as_str().unwrap().to_string(), l["class_index"].as_u64().unwrap(), l["confidence"].as_f64().unwrap()))
+        .map(|l| {
+            (
+                l["file"].as_str().unwrap().to_string(),
+                l["class_index"].as_u64().unwrap(),
+                l["confidence"].as_f64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -50,19 +56,28 @@ fn arm64_binary_labels_the_samples_like_x86_64() {
         eprintln!("EDGE_KD_SKIP_ARM64 is set: the ARM64 check did not run (CI always runs it)");
         return;
     }
-    require(Command::new("qemu-aarch64").arg("--version").output().is_ok(), "qemu-aarch64 (Debian qemu-user)");
-    require(Path::new(SYSROOT).join("lib/ld-linux-aarch64.so.1").exists(), "the aarch64 C library (libc6-dev-arm64-cross)");
+    require(
+        Command::new("qemu-aarch64").arg("--version").output().is_ok(),
+        "qemu-aarch64 (Debian qemu-user)",
+    );
+    require(
+        Path::new(SYSROOT).join("lib/ld-linux-aarch64.so.1").exists(),
+        "the aarch64 C library (libc6-dev-arm64-cross)",
+    );
     require(Command::new("aarch64-linux-gnu-gcc").arg("--version").output().is_ok(), "aarch64-linux-gnu-gcc");
 
     let arm = arm64_binary();
-    let file = Command::new("file").arg(&arm).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+    let file =
+        Command::new("file").arg(&arm).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string());
     if let Ok(description) = file {
         assert!(description.contains("aarch64") || description.contains("ARM aarch64"), "{description}");
     }
 
-    let native = edge_kd().current_dir(root()).args(["run", "--format", "jsonl", "models/samples"]).output().unwrap();
+    let native =
+        edge_kd().current_dir(root()).args(["run", "--format", "jsonl", "models/samples"]).output().unwrap();
     assert!(native.status.success());
-    let emulated = qemu(&arm).current_dir(root()).args(["run", "--format", "jsonl", "models/samples"]).output().unwrap();
+    let emulated =
+        qemu(&arm).current_dir(root()).args(["run", "--format", "jsonl", "models/samples"]).output().unwrap();
     assert!(emulated.status.success(), "{}", String::from_utf8_lossy(&emulated.stderr));
     let (native, emulated) = (labels(&native), labels(&emulated));
     assert_eq!(native.len(), 12);

@@ -16,10 +16,8 @@ fn schema() -> jsonschema::Validator {
 }
 
 fn vectors(dir: &str) -> Vec<(PathBuf, String)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(fixture(&format!("cards/{dir}")))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(fixture(&format!("cards/{dir}"))).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert!(!files.is_empty(), "no vectors in {dir}");
     files.into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect()
@@ -32,7 +30,11 @@ fn graph_for(json: &str) -> ModelInfo {
     let shape = input["shape"].as_array().map(|d| d.iter().map(|x| x.as_i64()).collect());
     let labels = v["labels"].as_array().map_or(0, Vec::len) as i64;
     ModelInfo {
-        inputs: vec![TensorInfo { name: input["name"].as_str().unwrap_or("image").into(), elem_type: Some(1), shape }],
+        inputs: vec![TensorInfo {
+            name: input["name"].as_str().unwrap_or("image").into(),
+            elem_type: Some(1),
+            shape,
+        }],
         outputs: vec![TensorInfo {
             name: v["output"].as_str().unwrap_or("logits").into(),
             elem_type: Some(1),

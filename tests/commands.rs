@@ -7,18 +7,14 @@ use predicates::prelude::*;
 
 #[test]
 fn card_prints_what_the_model_is_and_how_far_to_trust_it() {
-    edge_kd()
-        .arg("card")
-        .assert()
-        .success()
-        .stdout(
-            predicate::str::contains("fashion-tiny")
-                .and(predicate::str::contains("image [1, 1, 28, 28] NCHW gray, stretch"))
-                .and(predicate::str::contains("logits [1, 10] (logits)"))
-                .and(predicate::str::contains("temperature"))
-                .and(predicate::str::contains("Shirt 0."))
-                .and(predicate::str::contains("test_accuracy 0.9")),
-        );
+    edge_kd().arg("card").assert().success().stdout(
+        predicate::str::contains("fashion-tiny")
+            .and(predicate::str::contains("image [1, 1, 28, 28] NCHW gray, stretch"))
+            .and(predicate::str::contains("logits [1, 10] (logits)"))
+            .and(predicate::str::contains("temperature"))
+            .and(predicate::str::contains("Shirt 0."))
+            .and(predicate::str::contains("test_accuracy 0.9")),
+    );
     edge_kd()
         .arg("card")
         .arg(fixture("models/gray28.onnx"))
@@ -54,7 +50,11 @@ fn parity_passes_in_every_engine_and_fails_on_a_wrong_reference() {
         ))
         .assert()
         .success()
-        .stdout(predicate::str::is_match(r"tract\s+ok").unwrap().and(predicate::str::is_match(r"ort\s+ok").unwrap()));
+        .stdout(
+            predicate::str::is_match(r"tract\s+ok")
+                .unwrap()
+                .and(predicate::str::is_match(r"ort\s+ok").unwrap()),
+        );
     edge_kd()
         .arg("parity")
         .arg(root().join("models/default/reference"))
@@ -78,7 +78,18 @@ fn parity_passes_in_every_engine_and_fails_on_a_wrong_reference() {
 #[test]
 fn bench_reports_percentiles_overhead_and_memory_per_engine_and_threads() {
     let output = edge_kd()
-        .args(["bench", "--engine", "tract,ort", "--threads", "1,2", "--iters", "20", "--warmup", "2", "--json"])
+        .args([
+            "bench",
+            "--engine",
+            "tract,ort",
+            "--threads",
+            "1,2",
+            "--iters",
+            "20",
+            "--warmup",
+            "2",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -89,7 +100,12 @@ fn bench_reports_percentiles_overhead_and_memory_per_engine_and_threads() {
         assert!(row["error"].is_null(), "{row}");
         for stage in ["engine_only", "pipeline"] {
             let s = &row[stage];
-            let (p50, p90, p99, max) = (s["p50_us"].as_f64().unwrap(), s["p90_us"].as_f64().unwrap(), s["p99_us"].as_f64().unwrap(), s["max_us"].as_f64().unwrap());
+            let (p50, p90, p99, max) = (
+                s["p50_us"].as_f64().unwrap(),
+                s["p90_us"].as_f64().unwrap(),
+                s["p99_us"].as_f64().unwrap(),
+                s["max_us"].as_f64().unwrap(),
+            );
             assert!(0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max, "{stage}: {s}");
             assert!(s["throughput_fps"].as_f64().unwrap() > 0.0);
         }
@@ -104,29 +120,25 @@ fn bench_reports_percentiles_overhead_and_memory_per_engine_and_threads() {
         .arg(fixture("images/rgb_50x30.png"))
         .assert()
         .success()
-        .stdout(predicate::str::contains("| tract | 1 | pipeline |").and(predicate::str::contains("rgb_50x30.png (50x30)")));
+        .stdout(
+            predicate::str::contains("| tract | 1 | pipeline |")
+                .and(predicate::str::contains("rgb_50x30.png (50x30)")),
+        );
 }
 
 #[test]
 fn doctor_names_the_engines_and_the_ort_library() {
-    edge_kd()
-        .arg("doctor")
-        .assert()
-        .success()
-        .stdout(
-            predicate::str::is_match(r"tract\s+usable").unwrap()
-                .and(predicate::str::is_match(r"ort\s+usable: ONNX Runtime 1\.\d+").unwrap())
-                .and(predicate::str::contains("ORT_DYLIB_PATH")),
-        );
-    edge_kd()
-        .env("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so")
-        .arg("doctor")
-        .assert()
-        .success()
-        .stdout(
-            predicate::str::is_match(r"ort\s+NOT usable: ONNX Runtime library not found").unwrap()
-                .and(predicate::str::contains("to use ort: install it with `pip install onnxruntime`")),
-        );
+    edge_kd().arg("doctor").assert().success().stdout(
+        predicate::str::is_match(r"tract\s+usable")
+            .unwrap()
+            .and(predicate::str::is_match(r"ort\s+usable: ONNX Runtime 1\.\d+").unwrap())
+            .and(predicate::str::contains("ORT_DYLIB_PATH")),
+    );
+    edge_kd().env("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so").arg("doctor").assert().success().stdout(
+        predicate::str::is_match(r"ort\s+NOT usable: ONNX Runtime library not found")
+            .unwrap()
+            .and(predicate::str::contains("to use ort: install it with `pip install onnxruntime`")),
+    );
 }
 
 #[test]

@@ -25,7 +25,8 @@ fn outputs(model: &Model, kind: EngineKind, threads: usize, input: &[f32]) -> Ve
 #[test]
 fn every_fixture_model_matches_its_reference_in_both_engines() {
     for name in ["gray28", "rgb32_crop", "bgr_letterbox", "cardless"] {
-        let model = Model::open(&fixture(&format!("models/{name}.onnx")), &CardlessOptions::default()).unwrap();
+        let model =
+            Model::open(&fixture(&format!("models/{name}.onnx")), &CardlessOptions::default()).unwrap();
         let input = npy::read_f32(&fixture(&format!("models/{name}.input.npy"))).unwrap();
         let expected = npy::read_f32(&fixture(&format!("models/{name}.output.npy"))).unwrap();
         let tract = outputs(&model, EngineKind::Tract, 1, &input.data);

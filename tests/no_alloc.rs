@@ -34,7 +34,9 @@ fn warm_preprocessing_does_not_allocate() {
     let mut spec = model.card.inputs[0].clone();
     let camera = vec![90u8; 640 * 480 * 3];
     let frame = Frame { width: 640, height: 480, format: PixelFormat::Rgb, samples: Samples::U8(&camera) };
-    for resize in [edge_kd::card::Resize::Stretch, edge_kd::card::Resize::CenterCrop, edge_kd::card::Resize::Letterbox] {
+    for resize in
+        [edge_kd::card::Resize::Stretch, edge_kd::card::Resize::CenterCrop, edge_kd::card::Resize::Letterbox]
+    {
         spec.resize = resize;
         let mut pre = Preprocessor::new(&spec);
         pre.run(&frame).unwrap();

@@ -10,7 +10,14 @@ use edge_kd::npy;
 use edge_kd::preprocess::decode::ImageFileDecoder;
 use edge_kd::preprocess::{Frame, PixelFormat, Preprocessor, Samples};
 
-const IMAGES: [&str; 6] = ["rgb_50x30.png", "gray_28.png", "rgba_40x40.png", "gray16_20x20.png", "photo_64x48.jpg", "tiny_33x17.bmp"];
+const IMAGES: [&str; 6] = [
+    "rgb_50x30.png",
+    "gray_28.png",
+    "rgba_40x40.png",
+    "gray16_20x20.png",
+    "photo_64x48.jpg",
+    "tiny_33x17.bmp",
+];
 
 fn model(name: &str) -> Model {
     if name == "fashion-tiny" {
@@ -50,7 +57,8 @@ fn jpeg_pixels_as_pil_decoded_them_preprocess_to_the_reference() {
     for model_name in ["gray28", "rgb32_crop", "bgr_letterbox", "fashion-tiny"] {
         let model = model(model_name);
         let expected = npy::read_f32(&fixture(&format!("preprocess/photo_64x48__{model_name}.npy"))).unwrap();
-        let diff = max_abs_diff(Preprocessor::new(&model.card.inputs[0]).run(&frame).unwrap(), &expected.data);
+        let diff =
+            max_abs_diff(Preprocessor::new(&model.card.inputs[0]).run(&frame).unwrap(), &expected.data);
         assert!(diff <= 1e-4, "{model_name}: {diff}");
     }
 }
@@ -89,7 +97,8 @@ fn shipped_samples_preprocess_to_the_training_tensors() {
     let mut samples: Vec<_> = std::fs::read_dir(samples()).unwrap().map(|e| e.unwrap().path()).collect();
     samples.sort();
     for (k, path) in samples.iter().take(4).enumerate() {
-        let expected = npy::read_f32(&root().join(format!("models/default/reference/input_{k}.npy"))).unwrap();
+        let expected =
+            npy::read_f32(&root().join(format!("models/default/reference/input_{k}.npy"))).unwrap();
         let frame = decoder.decode_file(path).unwrap();
         let diff = max_abs_diff(pre.run(&frame).unwrap(), &expected.data);
         assert!(diff <= 1e-5, "{}: {diff}", path.display());

@@ -9,7 +9,8 @@ use predicates::prelude::*;
 #[test]
 fn samples_get_their_true_label_in_both_engines() {
     for engine in ["tract", "ort"] {
-        let output = edge_kd().args(["run", "--engine", engine, "--format", "jsonl"]).arg(samples()).output().unwrap();
+        let output =
+            edge_kd().args(["run", "--engine", engine, "--format", "jsonl"]).arg(samples()).output().unwrap();
         assert!(output.status.success(), "{engine}: {}", String::from_utf8_lossy(&output.stderr));
         let lines = stdout_lines(&output);
         assert_eq!(lines.len(), 12, "{engine}: one line per sample");
@@ -24,11 +25,17 @@ fn samples_get_their_true_label_in_both_engines() {
 
 #[test]
 fn jsonl_lines_keep_the_public_contract() {
-    let output = edge_kd().args(["run", "--format", "jsonl", "-k", "2"]).arg(samples().join("0004-shirt.png")).output().unwrap();
+    let output = edge_kd()
+        .args(["run", "--format", "jsonl", "-k", "2"])
+        .arg(samples().join("0004-shirt.png"))
+        .output()
+        .unwrap();
     assert!(output.status.success());
     let line = &stdout_lines(&output)[0];
     let keys: Vec<&str> = line.as_object().unwrap().keys().map(String::as_str).collect();
-    for key in ["file", "label", "class_index", "confidence", "threshold", "verdict", "top", "latency_us", "engine"] {
+    for key in
+        ["file", "label", "class_index", "confidence", "threshold", "verdict", "top", "latency_us", "engine"]
+    {
         assert!(keys.contains(&key), "missing {key} in {line}");
     }
     let confidence = line["confidence"].as_f64().unwrap();
@@ -55,7 +62,16 @@ fn table_format_shows_label_confidence_threshold_and_verdict() {
 #[test]
 fn bad_inputs_fail_alone_and_the_rest_complete() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["truncated.png", "corrupt.png", "notes.txt", "rgb_50x30.png", "rgba_40x40.png", "gray16_20x20.png", "photo_64x48.jpg", "tiny_33x17.bmp"] {
+    for name in [
+        "truncated.png",
+        "corrupt.png",
+        "notes.txt",
+        "rgb_50x30.png",
+        "rgba_40x40.png",
+        "gray16_20x20.png",
+        "photo_64x48.jpg",
+        "tiny_33x17.bmp",
+    ] {
         std::fs::copy(fixture(&format!("images/{name}")), dir.path().join(name)).unwrap();
     }
     let missing = dir.path().join("missing.png");
@@ -69,7 +85,8 @@ fn bad_inputs_fail_alone_and_the_rest_complete() {
     assert_eq!(output.status.code(), Some(4), "some inputs failed");
     let lines = stdout_lines(&output);
     assert_eq!(lines.len(), 10);
-    let by_file = |name: &str| lines.iter().find(|l| l["file"].as_str().unwrap().ends_with(name)).unwrap().clone();
+    let by_file =
+        |name: &str| lines.iter().find(|l| l["file"].as_str().unwrap().ends_with(name)).unwrap().clone();
     assert!(by_file("missing.png")["error"].as_str().unwrap().contains("no such file"));
     assert!(by_file("truncated.png")["error"].as_str().unwrap().starts_with("PNG image"));
     assert!(by_file("corrupt.png")["error"].as_str().unwrap().contains("not a PNG, JPEG or BMP"));
@@ -112,7 +129,11 @@ fn tensors_are_fed_as_they_are_and_checked() {
     let output = edge_kd()
         .args(["run", "--format", "jsonl", "--model"])
         .arg(fixture("models/gray28.onnx"))
-        .args([fixture("models/gray28.input.npy"), fixture("models/gray28.wrong_shape.npy"), fixture("models/gray28.float64.npy")])
+        .args([
+            fixture("models/gray28.input.npy"),
+            fixture("models/gray28.wrong_shape.npy"),
+            fixture("models/gray28.float64.npy"),
+        ])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(4));
@@ -120,7 +141,12 @@ fn tensors_are_fed_as_they_are_and_checked() {
     let reference = edge_kd::npy::read_f32(&fixture("models/gray28.output.npy")).unwrap();
     let argmax = reference.data.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
     assert_eq!(lines[0]["class_index"], argmax);
-    assert!(lines[1]["error"].as_str().unwrap().contains("[1, 1, 28, 27] does not fit the model input [1, 1, 28, 28]"));
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("[1, 1, 28, 27] does not fit the model input [1, 1, 28, 28]")
+    );
     assert!(lines[2]["error"].as_str().unwrap().contains("dtype <f8 is not supported"));
 }
 
@@ -159,7 +185,9 @@ fn ort_without_its_library_says_how_to_get_it() {
         .code(3)
         .stderr(
             predicate::str::contains("ONNX Runtime library not found")
-                .and(predicate::str::contains("ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so.1.20.0 (no such file)"))
+                .and(predicate::str::contains(
+                    "ORT_DYLIB_PATH=/nonexistent/libonnxruntime.so.1.20.0 (no such file)",
+                ))
                 .and(predicate::str::contains("pip install onnxruntime"))
                 .and(predicate::str::contains("--engine tract")),
         );
@@ -168,7 +196,11 @@ fn ort_without_its_library_says_how_to_get_it() {
 #[test]
 fn usage_errors_exit_2() {
     edge_kd().args(["run"]).assert().code(2);
-    edge_kd().args(["run", "--engine", "tensorrt", "x.png"]).assert().code(2).stderr(predicate::str::contains("unknown engine"));
+    edge_kd()
+        .args(["run", "--engine", "tensorrt", "x.png"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown engine"));
     edge_kd().args(["run", "--threshold", "1.5", "x.png"]).assert().code(2);
 }
 

@@ -88,5 +88,11 @@ pub fn run(args: Args) -> Result<u8, Failure> {
         print!("{}", report.to_markdown());
     }
     let failed = report.rows.iter().filter(|r| r.error.is_some()).count();
-    Ok(if failed == report.rows.len() { exit::MODEL } else if failed > 0 { exit::SOME_INPUTS_FAILED } else { exit::OK })
+    Ok(if failed == report.rows.len() {
+        exit::MODEL
+    } else if failed > 0 {
+        exit::SOME_INPUTS_FAILED
+    } else {
+        exit::OK
+    })
 }

@@ -20,8 +20,14 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     let r = doctor::examine(args.ort_lib.as_deref());
     let m = &r.machine;
     println!("edge-kd {}", env!("CARGO_PKG_VERSION"));
-    println!("box        {} ({} {}, {} logical CPUs{})", m.cpu, m.os, m.arch, m.logical_cpus,
-        m.memory_mib.map_or(String::new(), |mib| format!(", {mib} MiB")));
+    println!(
+        "box        {} ({} {}, {} logical CPUs{})",
+        m.cpu,
+        m.os,
+        m.arch,
+        m.logical_cpus,
+        m.memory_mib.map_or(String::new(), |mib| format!(", {mib} MiB"))
+    );
     println!("\nengines");
     for check in &r.engines {
         match &check.status {
@@ -31,9 +37,8 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     }
     if !r.ort.built {
         println!("  (this build has no ONNX Runtime support: rebuild with `cargo build --features ort`)");
-    } else if let Err(why) = &r.ort.located {
-        // The engine line already says it; repeat the remedy on its own line to be found.
-        let _ = why;
+    } else if r.ort.located.is_err() {
+        // The engine line says why; the remedy gets a line of its own, easy to find.
         println!("  to use ort: {}", NotFound::advice());
     }
     println!("\ncameras");
@@ -49,10 +54,19 @@ pub fn run(args: Args) -> Result<u8, Failure> {
         Ok(v) => {
             println!("  {:<12} Python {v}", p.interpreter);
             println!("  torch        {}", p.torch.as_deref().unwrap_or("missing: pip install torch"));
-            println!("  onnxruntime  {}", p.onnxruntime.as_deref().unwrap_or("missing: pip install onnxruntime"));
-            println!("  edgekd_train {}", if p.edgekd_train { "installed" } else { "missing: pip install -e training/" });
+            println!(
+                "  onnxruntime  {}",
+                p.onnxruntime.as_deref().unwrap_or("missing: pip install onnxruntime")
+            );
+            println!(
+                "  edgekd_train {}",
+                if p.edgekd_train { "installed" } else { "missing: pip install -e training/" }
+            );
         }
-        Err(why) => println!("  {} not usable ({why}); set EDGE_KD_PYTHON to a Python 3.10+ interpreter", p.interpreter),
+        Err(why) => println!(
+            "  {} not usable ({why}); set EDGE_KD_PYTHON to a Python 3.10+ interpreter",
+            p.interpreter
+        ),
     }
     Ok(exit::OK)
 }

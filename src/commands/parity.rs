@@ -38,18 +38,27 @@ fn expand_pairs(specs: &[String]) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
         if path.is_dir() {
             let mut found = 0;
             for i in 0.. {
-                let (input, output) = (path.join(format!("input_{i}.npy")), path.join(format!("output_{i}.npy")));
+                let (input, output) =
+                    (path.join(format!("input_{i}.npy")), path.join(format!("output_{i}.npy")));
                 if !input.is_file() {
                     break;
                 }
                 if !output.is_file() {
-                    return Err(Failure::usage(anyhow!("{}: has {} but no {}", path.display(), input.display(), output.display())));
+                    return Err(Failure::usage(anyhow!(
+                        "{}: has {} but no {}",
+                        path.display(),
+                        input.display(),
+                        output.display()
+                    )));
                 }
                 pairs.push((input, output));
                 found += 1;
             }
             if found == 0 {
-                return Err(Failure::usage(anyhow!("{}: no input_0.npy/output_0.npy pairs in this folder", path.display())));
+                return Err(Failure::usage(anyhow!(
+                    "{}: no input_0.npy/output_0.npy pairs in this folder",
+                    path.display()
+                )));
             }
         } else if let Some((a, b)) = spec.split_once(':') {
             pairs.push((PathBuf::from(a), PathBuf::from(b)));
@@ -90,14 +99,18 @@ pub fn run(args: Args) -> Result<u8, Failure> {
             if input.data.len() != want {
                 return Err(Failure::usage(anyhow!(
                     "{}: shape {:?} does not fit the model input {:?}",
-                    in_path.display(), input.shape, model.card.inputs[0].shape
+                    in_path.display(),
+                    input.shape,
+                    model.card.inputs[0].shape
                 )));
             }
             engine.run(&[&input.data], &mut out).map_err(Failure::model)?;
             if out.len() != expected.data.len() {
                 return Err(Failure::model(anyhow!(
                     "{}: {} values, but {kind} computed {}",
-                    out_path.display(), expected.data.len(), out.len()
+                    out_path.display(),
+                    expected.data.len(),
+                    out.len()
                 )));
             }
             let diff = out.iter().zip(&expected.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);

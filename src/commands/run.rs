@@ -71,11 +71,15 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     let decide = DecideOptions { top_k: usize::from(args.top_k), threshold: args.threshold };
     let mut classifier = Classifier::new(&model, engine, decide).map_err(Failure::model)?;
     if model.card.calibration.is_none() && args.threshold.is_none() {
-        tracing::warn!("{}: no calibrated thresholds, so every verdict is review; --threshold P sets one", model.origin());
+        tracing::warn!(
+            "{}: no calibrated thresholds, so every verdict is review; --threshold P sets one",
+            model.origin()
+        );
     }
 
     let items = source::expand(&args.inputs);
-    let format = args.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Jsonl });
+    let format =
+        args.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Jsonl });
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printer = Printer::new(format, &items);
@@ -96,7 +100,9 @@ pub fn run(args: Args) -> Result<u8, Failure> {
             }
             Err(error) => {
                 summary.failed += 1;
-                printer.failure(&mut out, &FailedRecord { file: &file, error: &error }).map_err(write_failed)?;
+                printer
+                    .failure(&mut out, &FailedRecord { file: &file, error: &error })
+                    .map_err(write_failed)?;
             }
         }
         // A daemon or pipe reading us sees each result as it is made.
@@ -157,7 +163,12 @@ struct Printer {
 
 impl Printer {
     fn new(format: Format, items: &[InputItem]) -> Printer {
-        let file_width = items.iter().map(|i| i.path.display().to_string().chars().count()).max().unwrap_or(4).clamp(4, 48);
+        let file_width = items
+            .iter()
+            .map(|i| i.path.display().to_string().chars().count())
+            .max()
+            .unwrap_or(4)
+            .clamp(4, 48);
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         Printer { format, file_width, label_width: 12, colour }
     }
@@ -167,8 +178,14 @@ impl Printer {
             writeln!(
                 out,
                 "{:<fw$}  {:<lw$}  {:>6}  {:>6}  {:<7}  {:>9}  TOP",
-                "FILE", "LABEL", "CONF", "THRESH", "VERDICT", "LATENCY",
-                fw = self.file_width, lw = self.label_width
+                "FILE",
+                "LABEL",
+                "CONF",
+                "THRESH",
+                "VERDICT",
+                "LATENCY",
+                fw = self.file_width,
+                lw = self.label_width
             )?;
         }
         Ok(())
@@ -206,7 +223,13 @@ impl Printer {
     fn failure(&mut self, out: &mut impl Write, f: &FailedRecord) -> std::io::Result<()> {
         match self.format {
             Format::Jsonl => writeln!(out, "{}", serde_json::to_string(f).expect("records serialise")),
-            Format::Table => writeln!(out, "{:<fw$}  error: {}", fit(f.file, self.file_width), f.error, fw = self.file_width),
+            Format::Table => writeln!(
+                out,
+                "{:<fw$}  error: {}",
+                fit(f.file, self.file_width),
+                f.error,
+                fw = self.file_width
+            ),
         }
     }
 }

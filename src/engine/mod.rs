@@ -85,9 +85,7 @@ pub fn open(model: &Model, opts: &EngineOptions) -> Result<Box<dyn Engine>, Engi
     match opts.kind {
         EngineKind::Tract => Ok(Box::new(tract::TractEngine::load(model, threads)?)),
         #[cfg(feature = "ort")]
-        EngineKind::Ort => {
-            Ok(Box::new(ort::OrtEngine::load(model, threads, opts.ort_library.as_deref())?))
-        }
+        EngineKind::Ort => Ok(Box::new(ort::OrtEngine::load(model, threads, opts.ort_library.as_deref())?)),
         #[cfg(not(feature = "ort"))]
         EngineKind::Ort => Err(EngineError::Unavailable(
             "this edge-kd was built without ONNX Runtime support (cargo feature `ort`); \

@@ -19,13 +19,10 @@ static RUNTIME: OnceLock<Result<(Environment, Located), String>> = OnceLock::new
 pub fn runtime(configured: Option<&Path>) -> Result<&'static Located, String> {
     let runtime = RUNTIME.get_or_init(|| {
         let located = ort_library::locate(configured).map_err(|e| e.to_string())?;
-        let builder = ort::init_from(&located.path).map_err(|e| {
-            format!("ONNX Runtime library {} did not load: {e}", located.path.display())
-        })?;
-        let env = builder
-            .with_name("edge-kd")
-            .build()
-            .map_err(|e| format!("ONNX Runtime environment: {e}"))?;
+        let builder = ort::init_from(&located.path)
+            .map_err(|e| format!("ONNX Runtime library {} did not load: {e}", located.path.display()))?;
+        let env =
+            builder.with_name("edge-kd").build().map_err(|e| format!("ONNX Runtime environment: {e}"))?;
         Ok((env, located))
     });
     match runtime {
@@ -73,8 +70,7 @@ impl OrtEngine {
             output_len: 0,
         };
         // The output width may be symbolic in the graph: learn it from one zero frame.
-        let zeros: Vec<Vec<f32>> =
-            card.inputs.iter().map(|i| vec![0.0; i.len()]).collect();
+        let zeros: Vec<Vec<f32>> = card.inputs.iter().map(|i| vec![0.0; i.tensor_len()]).collect();
         let views: Vec<&[f32]> = zeros.iter().map(Vec::as_slice).collect();
         let mut out = Vec::new();
         engine.run(&views, &mut out).map_err(|e| load_error(e.to_string()))?;

@@ -29,12 +29,7 @@ impl NotFound {
 
 impl std::fmt::Display for NotFound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "ONNX Runtime library not found (looked at: {}); {}",
-            self.tried.join("; "),
-            Self::advice()
-        )
+        write!(f, "ONNX Runtime library not found (looked at: {}); {}", self.tried.join("; "), Self::advice())
     }
 }
 

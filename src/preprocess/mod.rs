@@ -117,7 +117,7 @@ impl Preprocessor {
             geometry: None,
             gain,
             bias,
-            out: vec![0.0; spec.len()],
+            out: vec![0.0; spec.tensor_len()],
         }
     }
 
@@ -186,7 +186,14 @@ impl Preprocessor {
     /// Picks the colour conversion and pixel size once per frame, so the per-pixel loops
     /// are branch-free and their slices have sizes known at compile time.
     /// Luma uses ITU-R BT.601 weights, as PIL's `convert("L")` does; alpha is dropped.
-    fn convert<T: Copy>(&mut self, src: &[T], format: PixelFormat, w: usize, h: usize, value: impl Fn(T) -> f32 + Copy) {
+    fn convert<T: Copy>(
+        &mut self,
+        src: &[T],
+        format: PixelFormat,
+        w: usize,
+        h: usize,
+        value: impl Fn(T) -> f32 + Copy,
+    ) {
         macro_rules! gray_source {
             ($s:literal) => {
                 match self.spec.color {
@@ -204,8 +211,12 @@ impl Preprocessor {
                     Color::Gray => self.sample::<T, $s, 1>(src, w, h, move |p| {
                         [0.299 * value(p[0]) + 0.587 * value(p[1]) + 0.114 * value(p[2])]
                     }),
-                    Color::Rgb => self.sample::<T, $s, 3>(src, w, h, move |p| [value(p[0]), value(p[1]), value(p[2])]),
-                    Color::Bgr => self.sample::<T, $s, 3>(src, w, h, move |p| [value(p[2]), value(p[1]), value(p[0])]),
+                    Color::Rgb => {
+                        self.sample::<T, $s, 3>(src, w, h, move |p| [value(p[0]), value(p[1]), value(p[2])])
+                    }
+                    Color::Bgr => {
+                        self.sample::<T, $s, 3>(src, w, h, move |p| [value(p[2]), value(p[1]), value(p[0])])
+                    }
                 }
             };
         }
@@ -221,7 +232,13 @@ impl Preprocessor {
     /// interpolation are both linear, so converting the (at most four) source pixels each
     /// output pixel reads equals converting the whole frame first, at a cost that follows
     /// the model's input size rather than the camera's.
-    fn sample<T: Copy, const S: usize, const C: usize>(&mut self, src: &[T], w: usize, h: usize, pixel: impl Fn(&[T; S]) -> [f32; C]) {
+    fn sample<T: Copy, const S: usize, const C: usize>(
+        &mut self,
+        src: &[T],
+        w: usize,
+        h: usize,
+        pixel: impl Fn(&[T; S]) -> [f32; C],
+    ) {
         let at = |row: &[T], offset: usize| pixel(row[offset..offset + S].try_into().expect("S samples"));
         let (out_h, out_w) = (self.spec.height(), self.spec.width());
         let plane = out_h * out_w;
