@@ -114,10 +114,6 @@ impl Classifier {
         })
     }
 
-    pub fn card(&self) -> &Card {
-        &self.card
-    }
-
     pub fn labels(&self) -> &[String] {
         &self.card.labels
     }
@@ -179,10 +175,5 @@ impl Classifier {
         let tensor = self.preprocessor.output();
         self.engine.run(&[tensor], &mut self.logits)?;
         Ok(())
-    }
-
-    /// The logits of the last frame.
-    pub fn logits(&self) -> &[f32] {
-        &self.logits
     }
 }

@@ -55,11 +55,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
     proc_kib("/proc/self/status", "VmHWM:").map(|k| k * 1024)
 }
 
-/// Current resident memory (VmRSS), in bytes.
-pub fn rss_bytes() -> Option<u64> {
-    proc_kib("/proc/self/status", "VmRSS:").map(|k| k * 1024)
-}
-
 /// Resets the peak to the current RSS (Linux ≥ 4.0), so that each benchmark
 /// configuration reports its own peak. Returns false where that is not possible.
 pub fn reset_peak_rss() -> bool {

@@ -37,13 +37,6 @@ impl ImageFileDecoder {
         self.decode_bytes()
     }
 
-    /// Decodes the image held in `bytes` (an upload, a camera's MJPEG frame).
-    pub fn decode(&mut self, bytes: &[u8]) -> Result<Frame<'_>, DecodeError> {
-        self.bytes.clear();
-        self.bytes.extend_from_slice(bytes);
-        self.decode_bytes()
-    }
-
     fn decode_bytes(&mut self) -> Result<Frame<'_>, DecodeError> {
         let format = image::guess_format(&self.bytes).map_err(|_| DecodeError::UnknownFormat)?;
         let name = match format {

@@ -121,10 +121,6 @@ impl Preprocessor {
         }
     }
 
-    pub fn spec(&self) -> &InputSpec {
-        &self.spec
-    }
-
     /// The last tensor produced.
     pub fn output(&self) -> &[f32] {
         &self.out
