@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use edge_kd::bench::{self, BenchEvent, BenchOptions};
-use edge_kd::engine::{EngineKind, ort_library};
+use edge_kd::engine::{self, EngineKind};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ModelArgs;
@@ -45,10 +45,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<u8, Failure> {
     let model = args.model.load()?;
     let engines = if args.engine.is_empty() {
-        let mut found = vec![EngineKind::Tract];
-        if cfg!(feature = "ort") && ort_library::locate(args.model.ort_lib.as_deref()).is_ok() {
-            found.push(EngineKind::Ort);
-        } else {
+        let found = engine::available(args.model.ort_lib.as_deref());
+        if !found.contains(&EngineKind::Ort) {
             eprintln!("edge-kd: ONNX Runtime not found, measuring tract only (`edge-kd doctor` says why)");
         }
         found

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
-use edge_kd::engine::{self, EngineKind, EngineOptions, ort_library};
+use edge_kd::engine::{self, EngineKind, EngineOptions};
 use edge_kd::npy;
 
 use super::ModelArgs;
@@ -78,10 +78,8 @@ pub fn run(args: Args) -> Result<u8, Failure> {
         tensors.push((read(input)?, read(output)?));
     }
     let engines = if args.engine.is_empty() {
-        let mut found = vec![EngineKind::Tract];
-        if cfg!(feature = "ort") && ort_library::locate(args.model.ort_lib.as_deref()).is_ok() {
-            found.push(EngineKind::Ort);
-        } else {
+        let found = engine::available(args.model.ort_lib.as_deref());
+        if !found.contains(&EngineKind::Ort) {
             println!("ort    skipped: ONNX Runtime library not found (`edge-kd doctor` says why)");
         }
         found

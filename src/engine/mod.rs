@@ -80,6 +80,15 @@ pub trait Engine: Send {
     fn run(&mut self, inputs: &[&[f32]], out: &mut Vec<f32>) -> Result<(), EngineError>;
 }
 
+/// The engines this box can run: tract always, ONNX Runtime when its library is found.
+pub fn available(ort_library: Option<&std::path::Path>) -> Vec<EngineKind> {
+    let mut engines = vec![EngineKind::Tract];
+    if cfg!(feature = "ort") && ort_library::locate(ort_library).is_ok() {
+        engines.push(EngineKind::Ort);
+    }
+    engines
+}
+
 pub fn open(model: &Model, opts: &EngineOptions) -> Result<Box<dyn Engine>, EngineError> {
     let threads = opts.threads.max(1);
     match opts.kind {
