@@ -16,6 +16,7 @@ pub mod machine;
 pub mod model;
 pub mod npy;
 pub mod onnx_meta;
+pub mod parity;
 pub mod preprocess;
 pub mod record;
 pub mod source;

@@ -1,0 +1,102 @@
+//! Proof that an engine answers like the reference: stored input tensors are run and
+//! the outputs compared with the stored reference outputs (PyTorch's or onnxruntime's).
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::engine::{self, EngineKind, EngineOptions};
+use crate::model::Model;
+use crate::npy::{self, NpyArray};
+
+#[derive(Debug, Error)]
+pub enum ParityError {
+    #[error("{path}: {message}")]
+    Reference { path: PathBuf, message: String },
+    #[error("{0}")]
+    Engine(#[from] engine::EngineError),
+}
+
+/// Reference input/output tensors, loaded once and checked in every engine.
+pub struct References {
+    pairs: Vec<(PathBuf, NpyArray, PathBuf, NpyArray)>,
+}
+
+impl References {
+    /// The `input_N.npy` / `output_N.npy` pairs of a folder, N = 0, 1, … until one is missing.
+    pub fn pairs_in(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>, ParityError> {
+        let mut pairs = Vec::new();
+        for i in 0.. {
+            let (input, output) = (dir.join(format!("input_{i}.npy")), dir.join(format!("output_{i}.npy")));
+            if !input.is_file() {
+                break;
+            }
+            if !output.is_file() {
+                return Err(ParityError::Reference { path: output, message: "missing (its input is there)".into() });
+            }
+            pairs.push((input, output));
+        }
+        if pairs.is_empty() {
+            return Err(ParityError::Reference {
+                path: dir.to_owned(),
+                message: "no input_0.npy/output_0.npy pairs".into(),
+            });
+        }
+        Ok(pairs)
+    }
+
+    pub fn load(pairs: &[(PathBuf, PathBuf)], model: &Model) -> Result<References, ParityError> {
+        let read = |p: &Path| {
+            npy::read_f32(p).map_err(|e| ParityError::Reference { path: p.to_owned(), message: e.to_string() })
+        };
+        let input_len: usize = model.card.inputs[0].tensor_len();
+        let mut loaded = Vec::new();
+        for (input_path, output_path) in pairs {
+            let input = read(input_path)?;
+            if input.data.len() != input_len {
+                return Err(ParityError::Reference {
+                    path: input_path.clone(),
+                    message: format!(
+                        "shape {:?} does not fit the model input {:?}",
+                        input.shape, model.card.inputs[0].shape
+                    ),
+                });
+            }
+            loaded.push((input_path.clone(), input, output_path.clone(), read(output_path)?));
+        }
+        Ok(References { pairs: loaded })
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// The largest absolute difference over all pairs in one engine (NaN counts as ∞).
+    pub fn max_abs_diff(
+        &self,
+        model: &Model,
+        kind: EngineKind,
+        ort_library: Option<&Path>,
+    ) -> Result<f32, ParityError> {
+        let opts = EngineOptions { kind, threads: 1, ort_library: ort_library.map(Path::to_owned) };
+        let mut engine = engine::open(model, &opts)?;
+        let mut out = Vec::new();
+        let mut worst = 0.0f32;
+        for (_, input, output_path, expected) in &self.pairs {
+            engine.run(&[&input.data], &mut out)?;
+            if out.len() != expected.data.len() {
+                return Err(ParityError::Reference {
+                    path: output_path.clone(),
+                    message: format!("{} values, but {kind} computed {}", expected.data.len(), out.len()),
+                });
+            }
+            let diff = out.iter().zip(&expected.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            worst = worst.max(if diff.is_nan() { f32::INFINITY } else { diff });
+        }
+        Ok(worst)
+    }
+}
