@@ -3,10 +3,10 @@
 //! binary's job.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use crate::classify::{Classifier, DecideOptions};
+use crate::distill;
 use crate::engine::{self, EngineKind, EngineOptions, ort_library};
 use crate::machine::Machine;
 use crate::model::Model;
@@ -26,22 +26,13 @@ pub struct OrtCheck {
 }
 
 #[derive(Debug)]
-pub struct PythonCheck {
-    pub interpreter: String,
-    /// `python --version` text, or why it could not run.
-    pub version: Result<String, String>,
-    pub torch: Option<String>,
-    pub onnxruntime: Option<String>,
-    pub edgekd_train: bool,
-}
-
-#[derive(Debug)]
 pub struct DoctorReport {
     pub machine: Machine,
     pub engines: Vec<EngineCheck>,
     pub ort: OrtCheck,
     pub cameras: Vec<PathBuf>,
-    pub python: PythonCheck,
+    /// The Python environment `distill` would use, or what is missing and how to get it.
+    pub python: Result<distill::PythonEnv, String>,
 }
 
 pub fn examine(ort_lib: Option<&Path>) -> DoctorReport {
@@ -55,7 +46,7 @@ pub fn examine(ort_lib: Option<&Path>) -> DoctorReport {
         engines,
         ort: OrtCheck { built: cfg!(feature = "ort"), located },
         cameras: cameras(),
-        python: python(),
+        python: distill::find_python(None).map_err(|e| e.to_string()),
     }
 }
 
@@ -105,37 +96,4 @@ fn cameras() -> Vec<PathBuf> {
         .unwrap_or_default();
     found.sort();
     found
-}
-
-fn python() -> PythonCheck {
-    let interpreter = std::env::var("EDGE_KD_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = "import importlib.util as u, sys\n\
-        def v(m):\n    try:\n        return __import__(m).__version__\n    except Exception:\n        return ''\n\
-        print(sys.version.split()[0]); print(v('torch')); print(v('onnxruntime'));\n\
-        print('yes' if u.find_spec('edgekd_train') else '')";
-    let output = Command::new(&interpreter).args(["-c", probe]).output();
-    let mut check = PythonCheck {
-        interpreter,
-        version: Err(String::new()),
-        torch: None,
-        onnxruntime: None,
-        edgekd_train: false,
-    };
-    match output {
-        Err(e) => check.version = Err(format!("cannot run it: {e}")),
-        Ok(o) if !o.status.success() => {
-            check.version =
-                Err(String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string())
-        }
-        Ok(o) => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            let lines: Vec<&str> = text.lines().collect();
-            let some = |i: usize| lines.get(i).filter(|s| !s.is_empty()).map(|s| s.to_string());
-            check.version = some(0).ok_or_else(|| "no version".to_string());
-            check.torch = some(1);
-            check.onnxruntime = some(2);
-            check.edgekd_train = some(3).is_some();
-        }
-    }
-    check
 }

@@ -10,6 +10,7 @@ pub mod bench;
 pub mod card;
 pub mod classify;
 pub mod decide;
+pub mod distill;
 pub mod doctor;
 pub mod engine;
 pub mod machine;

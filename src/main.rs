@@ -41,6 +41,7 @@ impl Failure {
         how sure it is (calibrated) and whether that is sure enough (accept / review).",
     after_help = "Examples:\n  \
         edge-kd run models/samples/               classify the shipped samples with the default student\n  \
+        edge-kd distill --config training/configs/fashion-kd.toml --device cuda\n  \
         edge-kd run --engine ort --format jsonl photo.png\n  \
         edge-kd card models/default/fashion-tiny.onnx\n  \
         edge-kd bench --engine tract,ort --threads 1,2\n  \
@@ -58,6 +59,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Distill(commands::distill::Args),
     Run(commands::run::Args),
     Card(commands::card::Args),
     Bench(commands::bench::Args),
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let result = match cli.command {
+        Command::Distill(args) => commands::distill::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Card(args) => commands::card::run(args),
         Command::Bench(args) => commands::bench::run(args),

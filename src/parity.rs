@@ -32,7 +32,10 @@ impl References {
                 break;
             }
             if !output.is_file() {
-                return Err(ParityError::Reference { path: output, message: "missing (its input is there)".into() });
+                return Err(ParityError::Reference {
+                    path: output,
+                    message: "missing (its input is there)".into(),
+                });
             }
             pairs.push((input, output));
         }
@@ -47,7 +50,8 @@ impl References {
 
     pub fn load(pairs: &[(PathBuf, PathBuf)], model: &Model) -> Result<References, ParityError> {
         let read = |p: &Path| {
-            npy::read_f32(p).map_err(|e| ParityError::Reference { path: p.to_owned(), message: e.to_string() })
+            npy::read_f32(p)
+                .map_err(|e| ParityError::Reference { path: p.to_owned(), message: e.to_string() })
         };
         let input_len: usize = model.card.inputs[0].tensor_len();
         let mut loaded = Vec::new();

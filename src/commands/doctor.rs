@@ -48,25 +48,16 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     for cam in &r.cameras {
         println!("  {}", cam.display());
     }
-    let p = &r.python;
     println!("\npython (for `edge-kd distill`)");
-    match &p.version {
-        Ok(v) => {
-            println!("  {:<12} Python {v}", p.interpreter);
-            println!("  torch        {}", p.torch.as_deref().unwrap_or("missing: pip install torch"));
-            println!(
-                "  onnxruntime  {}",
-                p.onnxruntime.as_deref().unwrap_or("missing: pip install onnxruntime")
-            );
-            println!(
-                "  edgekd_train {}",
-                if p.edgekd_train { "installed" } else { "missing: pip install -e training/" }
-            );
-        }
-        Err(why) => println!(
-            "  {} not usable ({why}); set EDGE_KD_PYTHON to a Python 3.10+ interpreter",
-            p.interpreter
+    match &r.python {
+        Ok(env) => println!(
+            "  {} — Python {}, PyTorch {}{}, edgekd_train installed",
+            env.python.display(),
+            env.version,
+            env.torch,
+            if env.cuda { " (CUDA available)" } else { " (no CUDA: training runs on the CPU)" }
         ),
+        Err(why) => println!("  not ready: {why}"),
     }
     Ok(exit::OK)
 }

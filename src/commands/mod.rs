@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod card;
+pub mod distill;
 pub mod doctor;
 pub mod parity;
 pub mod run;

@@ -61,10 +61,11 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     };
     let mut all_ok = true;
     for kind in engines {
-        let worst = references.max_abs_diff(&model, kind, args.model.ort_lib.as_deref()).map_err(|e| match e {
-            ParityError::Engine(e) => Failure::model(e),
-            other => Failure::usage(other),
-        })?;
+        let worst =
+            references.max_abs_diff(&model, kind, args.model.ort_lib.as_deref()).map_err(|e| match e {
+                ParityError::Engine(e) => Failure::model(e),
+                other => Failure::usage(other),
+            })?;
         let ok = worst <= args.tol;
         all_ok &= ok;
         println!(

@@ -1,1 +1,1 @@
-"""Data set loaders."""
+"""Data set loaders (Fashion-MNIST IDX, ImageFolder) and the device-resident tensor pipeline."""

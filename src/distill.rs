@@ -1,0 +1,254 @@
+//! `edge-kd distill` orchestration: finds the Python environment with PyTorch and the
+//! `edgekd_train` package, starts the trainer, and reads its JSON-lines events. The
+//! training itself is Python (`training/`); this module only drives and listens.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DistillError {
+    #[error(
+        "no Python interpreter found (tried: {tried}); install Python 3.10+ \
+         (`apt-get install python3 python3-venv`) or pass --python PATH"
+    )]
+    NoPython { tried: String },
+    #[error("{python} is Python {version}; edge-kd distill needs 3.10 or later")]
+    OldPython { python: String, version: String },
+    #[error(
+        "PyTorch is not installed for {python}: run `{python} -m pip install torch` \
+         (then `{python} -m pip install -e training/` from the edge-kd checkout), or pass --python \
+         for an environment that has both"
+    )]
+    NoTorch { python: String },
+    #[error(
+        "{python} has PyTorch {torch} but not edge-kd's training package: run \
+         `{python} -m pip install -e training/` from the edge-kd checkout"
+    )]
+    NoTrainingPackage { python: String, torch: String },
+    #[error("cannot start {python}: {source}")]
+    Spawn { python: String, source: std::io::Error },
+}
+
+/// A Python interpreter that can run the trainer.
+#[derive(Debug, Clone)]
+pub struct PythonEnv {
+    pub python: PathBuf,
+    pub version: String,
+    pub torch: String,
+    pub cuda: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Probe {
+    python: String,
+    torch: Option<String>,
+    edgekd_train: bool,
+    #[serde(default)]
+    cuda: bool,
+}
+
+const PROBE: &str = "import importlib.util as u, json, sys\n\
+r = {'python': sys.version.split()[0], 'torch': None, 'cuda': False, \
+'edgekd_train': u.find_spec('edgekd_train') is not None}\n\
+try:\n    import torch\n    r['torch'] = torch.__version__\n    r['cuda'] = bool(torch.cuda.is_available())\n\
+except Exception:\n    pass\n\
+print(json.dumps(r))";
+
+/// The interpreter to use: `explicit` (`--python`), `EDGE_KD_PYTHON`, the active virtual
+/// environment, `./.venv`, then `python3`. The first that runs is checked, and a missing
+/// piece is reported with the command that installs it.
+pub fn find_python(explicit: Option<&Path>) -> Result<PythonEnv, DistillError> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = explicit {
+        candidates.push(p.to_owned());
+    } else {
+        if let Some(p) = std::env::var_os("EDGE_KD_PYTHON") {
+            candidates.push(p.into());
+        }
+        if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+            candidates.push(Path::new(&venv).join("bin/python"));
+        }
+        candidates.push(PathBuf::from(".venv/bin/python"));
+        candidates.push(PathBuf::from("python3"));
+    }
+    let mut tried = Vec::new();
+    for python in &candidates {
+        let Ok(output) = Command::new(python).args(["-c", PROBE]).stderr(Stdio::null()).output() else {
+            tried.push(python.display().to_string());
+            continue;
+        };
+        let shown = python.display().to_string();
+        let text = String::from_utf8_lossy(&output.stdout);
+        let Some(probe) = text.lines().last().and_then(|l| serde_json::from_str::<Probe>(l).ok()) else {
+            tried.push(format!("{shown} (not a working Python 3)"));
+            continue;
+        };
+        let minor = probe.python.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
+        if !probe.python.starts_with("3.") || minor < 10 {
+            return Err(DistillError::OldPython { python: shown, version: probe.python });
+        }
+        let Some(torch) = probe.torch else { return Err(DistillError::NoTorch { python: shown }) };
+        if !probe.edgekd_train {
+            return Err(DistillError::NoTrainingPackage { python: shown, torch });
+        }
+        return Ok(PythonEnv { python: python.clone(), version: probe.python, torch, cuda: probe.cuda });
+    }
+    Err(DistillError::NoPython { tried: tried.join(", ") })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub config: PathBuf,
+    pub out: PathBuf,
+    pub device: Option<Device>,
+    pub resume: bool,
+    /// `section.key=value` overrides.
+    pub overrides: Vec<String>,
+}
+
+/// Starts `python -m edgekd_train distill` with its events on a pipe. The trainer gets a
+/// process group of its own, so a terminal's Ctrl-C reaches edge-kd alone, which passes
+/// exactly one SIGINT on: a second one could interrupt the checkpoint being written.
+pub fn spawn(env: &PythonEnv, job: &Job) -> Result<Child, DistillError> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(&env.python);
+    cmd.args(["-m", "edgekd_train", "distill", "--config"]).arg(&job.config).arg("--out").arg(&job.out);
+    if let Some(device) = job.device {
+        cmd.args(["--device", device.as_str()]);
+    }
+    if job.resume {
+        cmd.arg("--resume");
+    }
+    for o in &job.overrides {
+        cmd.args(["--set", o]);
+    }
+    cmd.env("PYTHONUNBUFFERED", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .stdin(Stdio::null())
+        .process_group(0);
+    cmd.spawn().map_err(|source| DistillError::Spawn { python: env.python.display().to_string(), source })
+}
+
+/// One line of the trainer's event stream (the contract is in training/edgekd_train/cli.py).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Start {
+        out: String,
+        device: String,
+        #[serde(default)]
+        world_size: u32,
+    },
+    Phase {
+        phase: String,
+        #[serde(default)]
+        epochs: Option<u32>,
+        #[serde(default)]
+        skipped: Option<String>,
+    },
+    Step {
+        phase: String,
+        epoch: u32,
+        of: u32,
+        step: u64,
+        steps: u64,
+        loss: f64,
+    },
+    Epoch {
+        phase: String,
+        epoch: u32,
+        of: u32,
+        loss: f64,
+        #[serde(default)]
+        train_accuracy: Option<f64>,
+        #[serde(default)]
+        test_accuracy: Option<f64>,
+        #[serde(default)]
+        images_per_s: Option<f64>,
+    },
+    Checkpoint {
+        phase: String,
+        path: String,
+    },
+    Summary(Box<Summary>),
+    Interrupted {
+        phase: String,
+        checkpoint: Option<String>,
+    },
+    Error {
+        kind: String,
+        message: String,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSummary {
+    pub model: String,
+    pub params: Option<u64>,
+    pub test_accuracy: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Summary {
+    pub teacher: Option<ModelSummary>,
+    pub student: ModelSummary,
+    pub method: String,
+    pub onnx: PathBuf,
+    pub onnx_bytes: Option<u64>,
+    pub temperature: Option<f64>,
+    pub ece_before: Option<f64>,
+    pub ece_after: Option<f64>,
+    pub target: Option<f64>,
+    pub coverage: Option<f64>,
+    pub error_among_accepted: Option<f64>,
+    #[serde(default)]
+    pub notes: Vec<String>,
+    pub reference_dir: PathBuf,
+    pub images_per_s: Option<f64>,
+    #[serde(default)]
+    pub plots: Vec<PathBuf>,
+}
+
+/// Parses one stdout line; `None` for a line that is not an event (reported, not fatal).
+pub fn parse_event(line: &str) -> Option<Event> {
+    serde_json::from_str(line).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_parse_and_unknown_ones_are_tolerated() {
+        let e = parse_event(
+            r#"{"event":"epoch","phase":"student","epoch":2,"of":20,"loss":0.4,"train_accuracy":0.9,"test_accuracy":0.91,"images_per_s":35000.0,"seconds":1.7}"#,
+        );
+        assert!(matches!(e, Some(Event::Epoch { epoch: 2, of: 20, .. })));
+        assert!(matches!(parse_event(r#"{"event":"lr_warmup","x":1}"#), Some(Event::Other)));
+        assert!(parse_event("Downloading nothing").is_none());
+    }
+}

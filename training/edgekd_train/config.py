@@ -1,0 +1,314 @@
+"""Typed run configuration, loaded from TOML and validated strictly.
+
+Every mistake is reported as ``ConfigError("<file>: [section].key: what is wrong (expected ...)")``
+so that a user (or the Rust ``edge-kd distill`` front end, which shows the message verbatim) can
+fix the file without reading Python. Unknown keys are errors, not warnings: a typo such as
+``epoch = 20`` would otherwise silently train with the default.
+
+    cfg = load_config("training/configs/fashion-kd.toml", overrides=["student.epochs=2"])
+    write_resolved(cfg, "runs/x/config.resolved.toml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data.fashion_mnist import DEFAULT_ROOT
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the file, section and key."""
+
+
+# Allowed values and numeric ranges, kept next to the fields through dataclass metadata so the
+# validator and the documentation cannot drift apart.
+def _f(default: Any, *, choices: tuple | None = None, min: float | None = None, max: float | None = None,
+       min_exclusive: bool = False, doc: str = "") -> Any:
+    meta = {"choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "doc": doc}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("fashion-mnist", choices=("fashion-mnist", "image-folder"))
+    path: str = _f(DEFAULT_ROOT)
+    limit_train: int | None = _f(None, min=1, doc="use only the first N training images (tests)")
+    limit_test: int | None = _f(None, min=1)
+    calibration_split: int = _f(5000, min=1, doc="taken from the END of the training set")
+    image_size: int = _f(28, min=4, doc="image-folder only: images are resized (stretch) to this")
+    color: str = _f("gray", choices=("gray", "rgb"))
+    augment_flip: bool = _f(True)
+    augment_shift: int = _f(2, min=0, max=16, doc="random translation in pixels (zero padded)")
+
+
+@dataclass
+class TrainSection:
+    model: str = _f("cnn-70k")
+    epochs: int = _f(20, min=0)
+    lr: float = _f(4e-3, min=0.0, min_exclusive=True)
+    batch_size: int = _f(128, min=1)
+    weight_decay: float = _f(5e-4, min=0.0)
+    optimizer: str = _f("adamw", choices=("adamw", "sgd"))
+    momentum: float = _f(0.9, min=0.0, max=1.0, doc="sgd only")
+    schedule: str = _f("onecycle", choices=("onecycle", "cosine", "constant"))
+
+
+@dataclass
+class TeacherConfig(TrainSection):
+    model: str = _f("wrn16-4")
+    weights: str | None = _f(None, doc="load these weights instead of training")
+
+
+@dataclass
+class StudentConfig(TrainSection):
+    pass
+
+
+@dataclass
+class DistillConfig:
+    method: str = _f("kd")  # checked against the distiller registry in validate()
+    T: float = _f(4.0, min=0.0, min_exclusive=True)
+    alpha: float = _f(0.9, min=0.0, max=1.0)
+
+
+@dataclass
+class CalibrationConfig:
+    max_error_among_accepted: float = _f(0.01, min=0.0, max=1.0)
+    min_samples_per_class: int = _f(100, min=1)
+
+
+@dataclass
+class ExportConfig:
+    opset: int = _f(17, min=13, max=21)
+    name: str | None = _f(None, doc="card name; default <dataset>-<student>-<method>")
+    reference_samples: int = _f(8, min=1, max=1000)
+
+
+@dataclass
+class RunConfig:
+    seed: int = _f(0)
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    amp: bool = _f(True, doc="bf16 autocast; used on CUDA only")
+    channels_last: bool = _f(True, doc="CUDA only")
+    checkpoint_every: int = _f(1, min=1)
+    threads: int | None = _f(None, min=1, doc="torch CPU threads")
+    log_steps: int = _f(20, min=1, max=1000, doc="step events per epoch, at most")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    # Where it came from, for messages; not part of the TOML.
+    source: str = field(default="<config>", metadata={"internal": True})
+
+    def sections(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("internal")}
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(sec) for name, sec in self.sections().items()}
+
+
+SECTIONS = {k: v for k, v in typing.get_type_hints(Config).items() if k != "source"}
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if args:
+        return " or ".join("none" if a is type(None) else a.__name__ for a in args)
+    return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(tp.__name__, tp.__name__)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int | None, float, ...)."""
+    args = typing.get_args(tp)
+    allowed = args if args else (tp,)
+    if value is None and type(None) in allowed:
+        return None
+    for a in allowed:
+        if a is type(None):
+            continue
+        # bool is a subclass of int in Python: never let `true` pass as an integer.
+        if a is bool and isinstance(value, bool):
+            return value
+        if a is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if a is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise ConfigError(f"{where}: {value!r} is not finite (expected a finite number)")
+            return float(value)
+        if a is str and isinstance(value, str):
+            return value
+    raise ConfigError(f"{where}: {value!r} has the wrong type (expected {_type_name(tp)})")
+
+
+def _check_meta(value: Any, meta: dict, where: str) -> None:
+    if value is None:
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{where}: {value!r} is not allowed (expected one of {', '.join(map(repr, meta['choices']))})")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
+        op = ">" if meta.get("min_exclusive") else ">="
+        raise ConfigError(f"{where}: {value!r} is out of range (expected {op} {lo})")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: {value!r} is out of range (expected <= {hi})")
+
+
+def _build_section(name: str, cls: type, raw: Any, src: str, explicit: set[str]) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: [{name}]: is not a table (expected a [{name}] section)")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        where = f"{src}: [{name}].{key}"
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key (expected one of {', '.join(sorted(fields))})")
+        v = _coerce(value, hints[key], where)
+        _check_meta(v, fields[key].metadata, where)
+        kwargs[key] = v
+        explicit.add(f"{name}.{key}")
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``section.key=value`` -> (section, key, value). The value is read as a TOML value when it
+    parses as one (numbers, booleans, quoted strings), else taken as a bare string; ``none``
+    clears an optional key."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text}: expected section.key=value")
+    lhs, rhs = text.split("=", 1)
+    section, key = lhs.strip().split(".", 1)
+    rhs = rhs.strip()
+    if rhs.lower() in ("none", "null"):
+        return section, key, None
+    try:
+        value = tomllib.loads(f"v = {rhs}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = rhs
+    return section, key, value
+
+
+def from_dict(raw: dict, source: str = "<config>", overrides: list[str] | None = None,
+              warn=lambda msg: print(msg, file=sys.stderr)) -> Config:
+    """Build and validate a Config from a parsed TOML dict (plus ``--set`` overrides)."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for k in raw:
+        if k not in SECTIONS:
+            raise ConfigError(f"{source}: [{k}]: unknown section (expected one of {', '.join(SECTIONS)})")
+    cleared: set[str] = set()
+    for ov in overrides or []:
+        section, key, value = parse_override(ov)
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {ov}: [{section}]: unknown section (expected one of {', '.join(SECTIONS)})")
+        sec = raw.setdefault(section, {})
+        if not isinstance(sec, dict):
+            raise ConfigError(f"{source}: [{section}]: is not a table (expected a [{section}] section)")
+        if value is None:
+            sec.pop(key, None)
+            cleared.add(f"{section}.{key}")
+            fields = {f.name for f in dataclasses.fields(SECTIONS[section])}
+            if key not in fields:
+                raise ConfigError(f"--set {ov}: [{section}].{key}: unknown key (expected one of {', '.join(sorted(fields))})")
+        else:
+            sec[key] = value
+    explicit: set[str] = set()
+    secs = {name: _build_section(name, cls, raw.get(name, {}), source, explicit) for name, cls in SECTIONS.items()}
+    cfg = Config(**secs, source=source)
+    validate(cfg, explicit, warn)
+    return cfg
+
+
+def validate(cfg: Config, explicit: set[str], warn) -> None:
+    """Cross-field checks that a per-key type check cannot make."""
+    # Imported here: the registries import torch, and a bad field name should be reported
+    # even before torch is imported (fast failure for the Rust front end).
+    from .distillers import DISTILLERS
+    from .models import check_model_name
+
+    src = cfg.source
+    if cfg.distill.method not in DISTILLERS:
+        raise ConfigError(f"{src}: [distill].method: unknown method {cfg.distill.method!r} "
+                          f"(expected one of {', '.join(sorted(DISTILLERS))})")
+    needs_teacher = DISTILLERS[cfg.distill.method].needs_teacher
+    for sec in ("student",) + (("teacher",) if needs_teacher else ()):
+        why = check_model_name(getattr(cfg, sec).model)
+        if why:
+            raise ConfigError(f"{src}: [{sec}].model: {why}")
+    t = cfg.teacher
+    if needs_teacher and t.model.startswith("timm:") and not t.weights:
+        raise ConfigError(f"{src}: [teacher].weights: required for a timm teacher (expected a local weights file; "
+                          "nothing is downloaded)")
+    if needs_teacher and t.weights and not Path(t.weights).is_file():
+        raise ConfigError(f"{src}: [teacher].weights: {t.weights}: no such file (expected a weights file)")
+    if needs_teacher and t.model.startswith("torchscript:") and not Path(t.model.split(":", 1)[1]).is_file():
+        raise ConfigError(f"{src}: [teacher].model: {t.model.split(':', 1)[1]}: no such TorchScript file")
+    if needs_teacher and t.epochs == 0 and not t.weights and not t.model.startswith(("torchscript:", "timm:")):
+        raise ConfigError(f"{src}: [teacher].epochs: 0 with no [teacher].weights (expected >= 1, or weights to load)")
+    if cfg.student.epochs < 1:
+        raise ConfigError(f"{src}: [student].epochs: {cfg.student.epochs} (expected >= 1)")
+    if not needs_teacher:
+        extra = sorted(k for k in explicit if k in ("distill.T", "distill.alpha") or k.startswith("teacher."))
+        if extra:
+            warn(f"{src}: warning: method {cfg.distill.method!r} uses no teacher; ignoring {', '.join(extra)}")
+    if cfg.data.dataset == "fashion-mnist":
+        if cfg.data.color != "gray":
+            raise ConfigError(f"{src}: [data].color: {cfg.data.color!r} for fashion-mnist (expected 'gray')")
+        if cfg.data.image_size != 28:
+            raise ConfigError(f"{src}: [data].image_size: {cfg.data.image_size} for fashion-mnist (expected 28)")
+    if cfg.data.limit_train is not None and cfg.data.limit_train <= cfg.data.calibration_split:
+        raise ConfigError(f"{src}: [data].limit_train: {cfg.data.limit_train} leaves no training images after "
+                          f"the calibration split of {cfg.data.calibration_split} (expected > calibration_split)")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, warn=lambda m: print(m, file=sys.stderr)) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return from_dict(raw, str(path), overrides, warn)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        # json string escaping is a subset of TOML basic strings for what we write.
+        import json
+        return json.dumps(v, ensure_ascii=False)
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved configuration as TOML (None values are written as comments: TOML has no null)."""
+    lines = [f"# resolved from {cfg.source}"]
+    for name, sec in cfg.to_dict().items():
+        lines.append(f"\n[{name}]")
+        for k, v in sec.items():
+            lines.append(f"# {k} = (none)" if v is None else f"{k} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_resolved(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(to_toml(cfg), encoding="utf-8")

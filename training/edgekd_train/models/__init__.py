@@ -1,0 +1,69 @@
+"""Model registry (timm-like): configs name models, this module builds them.
+
+    @register_model("cnn-18k")
+    def cnn_18k(num_classes: int, in_chans: int) -> nn.Module: ...
+
+    model = create_model("cnn-18k", num_classes=10, in_chans=1)
+
+Besides registered names, two prefixes reach external teachers (see ``external.py``):
+``torchscript:PATH`` and ``timm:NAME`` (with a local weights file).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+EXTERNAL_PREFIXES = ("torchscript:", "timm:")
+
+
+def register_model(name: str):
+    """Decorator: register a builder ``fn(num_classes, in_chans) -> nn.Module`` under ``name``."""
+
+    def deco(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def check_model_name(name: str) -> str | None:
+    """None when ``name`` can be built, else why not (used by config validation)."""
+    if name.startswith(EXTERNAL_PREFIXES):
+        return None if name.split(":", 1)[1] else f"{name!r}: empty name after the prefix"
+    if name in _REGISTRY:
+        return None
+    return f"unknown model {name!r} (expected one of {', '.join(list_models())}, 'torchscript:PATH' or 'timm:NAME')"
+
+
+def create_model(name: str, num_classes: int, in_chans: int, weights: str | None = None) -> nn.Module:
+    """Build model ``name``; ``weights`` (a state_dict file) is loaded when given."""
+    from . import external
+
+    if name.startswith("torchscript:"):
+        return external.load_torchscript(name.split(":", 1)[1])
+    if name.startswith("timm:"):
+        return external.create_timm(name.split(":", 1)[1], num_classes, in_chans, weights)
+    why = check_model_name(name)
+    if why:
+        raise ValueError(why)
+    model = _REGISTRY[name](num_classes=num_classes, in_chans=in_chans)
+    if weights:
+        external.load_state(model, weights)
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# Populate the registry (import side effects are the registration mechanism, as in timm).
+from . import students, teachers  # noqa: E402,F401

@@ -1,0 +1,178 @@
+"""``distill``: teacher -> student -> calibrate -> export, emitting the events of events.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import calibrate as cal_mod
+from .config import Config, write_resolved
+from .data.splits import load_splits
+from .distillers import DISTILLERS, create_distiller
+from .export import build_card, export_student
+from .models import EXTERNAL_PREFIXES, count_params, create_model
+from .plots import reliability_png, risk_coverage_png
+from .train import Context, accuracy, fit, predict
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; plain runs are world 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    rank = torch.distributed.get_rank()
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    return rank, world, device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_distill(cfg: Config, out: Path, resume: bool, emit, command: str) -> dict:
+    device = resolve_device(cfg.run.device)
+    rank, world, device = init_distributed(device)
+    try:
+        return _run(cfg, out, resume, emit, command, device, rank, world)
+    finally:
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
+    is_main = rank == 0
+    if not is_main:
+        emit.enabled = False
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    elif world > 1 and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # ranks must not oversubscribe
+    seed_everything(cfg.run.seed)
+    if is_main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        emit.open_copy(out / "events.jsonl")
+        write_resolved(cfg, out / "config.resolved.toml")
+    emit({"event": "start", "out": str(out), "device": device.type, "world_size": world, "config": cfg.to_dict()})
+
+    splits = load_splits(cfg.data)
+    log(f"data: train {len(splits.train)}, calibration {len(splits.calibration)}, test {len(splits.test)}; "
+        f"mean {splits.normalizer.mean} std {splits.normalizer.std}")
+    train, test, calib = splits.train.to(device), splits.test.to(device), splits.calibration.to(device)
+    norm = splits.normalizer
+    n_cls, in_ch = len(splits.labels), splits.train.images.shape[1]
+    ctx = Context(device=device, rank=rank, world=world, emit=emit, out=out, seed=cfg.run.seed, amp=cfg.run.amp,
+                  channels_last=cfg.run.channels_last, checkpoint_every=cfg.run.checkpoint_every,
+                  log_steps=cfg.run.log_steps, augment_flip=cfg.data.augment_flip,
+                  augment_shift=cfg.data.augment_shift, log=log)
+    ckpt_dir = out / "checkpoints"
+
+    # ---- teacher
+    method_cls = DISTILLERS[cfg.distill.method]
+    teacher, teacher_info = None, None
+    if method_cls.needs_teacher:
+        tc = cfg.teacher
+        teacher = create_model(tc.model, n_cls, in_ch, tc.weights).to(device)
+        if tc.weights or tc.model.startswith(EXTERNAL_PREFIXES):
+            src = tc.weights or tc.model.split(":", 1)[1]
+            emit({"event": "phase", "phase": "teacher", "skipped": f"loaded from {src}"})
+        else:
+            # The teacher is trained with the scratch distiller: same loop, checkpoints and resume.
+            fit("teacher", create_distiller("scratch", teacher), tc, train, test, norm, ctx,
+                ckpt_dir / "teacher.pt", resume)
+        teacher.eval()
+        t_acc = accuracy(predict(teacher, test, norm, ctx), test.labels)
+        teacher_info = {"model": tc.model, "params": count_params(teacher), "test_accuracy": t_acc}
+        if is_main:
+            torch.save(teacher.state_dict(), out / "teacher.pt")
+        log(f"teacher {tc.model}: test accuracy {t_acc:.4f}")
+
+    # ---- student
+    sc = cfg.student
+    seed_everything(cfg.run.seed + 1)  # the student's init does not depend on whether a teacher was trained
+    student = create_model(sc.model, n_cls, in_ch)
+    distiller = create_distiller(cfg.distill.method, student, teacher, T=cfg.distill.T, alpha=cfg.distill.alpha)
+    res = fit("student", distiller, sc, train, test, norm, ctx, ckpt_dir / "student.pt", resume)
+    student = distiller.student.eval()
+    log(f"student {sc.model}: test accuracy {res.test_accuracy:.4f}, {res.images_per_s:.0f} images/s")
+
+    # ---- calibrate (calibration split = end of the training set)
+    emit({"event": "phase", "phase": "calibrate"})
+    cal_logits = predict(student, calib, norm, ctx).double().numpy()
+    cal_labels = calib.labels.cpu().numpy()
+    cc = cfg.calibration
+    cal = cal_mod.calibrate(cal_logits, cal_labels, splits.labels, cc.max_error_among_accepted,
+                            cc.min_samples_per_class)
+    summary = None
+    if is_main:
+        plots = [str(reliability_png(cal_logits, cal_labels, cal.temperature, cal.ece_before, cal.ece_after,
+                                     out / "reliability.png")),
+                 str(risk_coverage_png(cal_logits, cal_labels, cal.temperature, cal.target,
+                                       cal.coverage if cal.error_among_accepted is not None else None,
+                                       out / "risk_coverage.png"))]
+
+        # ---- export
+        emit({"event": "phase", "phase": "export"})
+        c, h, w = splits.train.images.shape[1:]
+        n_ref = min(cfg.export.reference_samples, len(splits.test))
+        ref_images = norm(splits.test.images[:n_ref]).numpy()
+        name = cfg.export.name or f"{cfg.data.dataset}-{sc.model}-{cfg.distill.method}"
+        params = count_params(student)
+        metrics = {"test_accuracy": res.test_accuracy, "params": params,
+                   "calibration_nll_before": cal.nll_before, "calibration_nll_after": cal.nll_after}
+        if teacher_info:
+            metrics["teacher_test_accuracy"] = teacher_info["test_accuracy"]
+        card = build_card(name=name, labels=splits.labels, shape=(1, c, h, w), color=splits.color,
+                          scale=norm.scale, mean=norm.mean, std=norm.std, calibration=cal.to_card(),
+                          method=cfg.distill.method, teachers=[cfg.teacher.model] if teacher_info else [],
+                          dataset=cfg.data.dataset, metrics=metrics, command=command)
+        exp = export_student(student, card, ref_images, out, cfg.export.opset)
+        notes = list(cal.notes)
+        if exp["max_abs_diff"] is None:
+            notes.append("onnxruntime not installed: ONNX parity not checked in Python")
+        summary = {
+            "event": "summary",
+            "teacher": teacher_info,
+            "student": {"model": sc.model, "params": params, "test_accuracy": res.test_accuracy},
+            "method": cfg.distill.method,
+            "onnx": exp["onnx"],
+            "onnx_bytes": exp["onnx_bytes"],
+            "temperature": cal.temperature,
+            "ece_before": cal.ece_before,
+            "ece_after": cal.ece_after,
+            "target": cal.target,
+            "coverage": cal.coverage if cal.error_among_accepted is not None else None,
+            "error_among_accepted": cal.error_among_accepted,
+            "notes": notes,
+            "reference_dir": str(out / "reference"),
+            "images_per_s": res.images_per_s,
+            "parity_max_abs_diff": exp["max_abs_diff"],
+            "plots": plots,
+        }
+        emit(summary)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return summary or {}
