@@ -15,6 +15,7 @@ Export takes ``distiller.student`` only, so nothing training-only can leak into 
 
 from __future__ import annotations
 
+import abc
 from typing import ClassVar
 
 import torch
@@ -23,7 +24,7 @@ import torch.nn as nn
 Batch = dict[str, torch.Tensor]  # {"image": float (B,C,H,W) normalised, "label": int64 (B,)}
 
 
-class Distiller(nn.Module):
+class Distiller(nn.Module, abc.ABC):
     needs: ClassVar[frozenset[str]] = frozenset()
     needs_teacher: ClassVar[bool] = False
 
@@ -54,8 +55,9 @@ class Distiller(nn.Module):
         assert self.teacher is not None
         return self.teacher(x).float()
 
+    @abc.abstractmethod
     def forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        raise NotImplementedError
+        """Each method computes its named loss terms and the student's logits."""
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.forward(batch)[0]
