@@ -140,6 +140,16 @@ impl Classifier {
         Ok(Outcome { decision, latency: start.elapsed() })
     }
 
+    /// Classifies an encoded image held in memory (an upload, a file read by a source).
+    pub fn classify_encoded(&mut self, encoded: &[u8]) -> Result<Outcome, InputError> {
+        let start = Instant::now();
+        let frame = self.decoder.decode_encoded(encoded)?;
+        let tensor = self.preprocessor.run(&frame)?;
+        self.engine.run(&[tensor], &mut self.logits)?;
+        let decision = self.decider.decide(&self.logits)?;
+        Ok(Outcome { decision, latency: start.elapsed() })
+    }
+
     /// Classifies an already decoded frame (a camera's, or one held in memory).
     pub fn classify_frame(&mut self, frame: &Frame) -> Result<Decision, InputError> {
         let tensor = self.preprocessor.run(frame)?;

@@ -3,8 +3,9 @@
 //! A frame flows one way through these modules:
 //! `source` → `preprocess` → `engine` → `decide` → `record`,
 //! driven by `classify`; the `card` (read by `model` from the ONNX file) says how.
-//! `bench` and `doctor` measure and inspect the same chain. The library never prints
-//! or exits: the binary (`main.rs`) does.
+//! `bench` and `doctor` measure and inspect the same chain; `serve` runs it as a
+//! daemon, from cameras, a watched folder and uploads to the `sink`s. The library never
+//! prints or exits: the binary (`main.rs`) does.
 
 pub mod bench;
 pub mod card;
@@ -20,4 +21,6 @@ pub mod onnx_meta;
 pub mod parity;
 pub mod preprocess;
 pub mod record;
+pub mod serve;
+pub mod sink;
 pub mod source;

@@ -43,6 +43,7 @@ impl Failure {
         edge-kd run models/samples/               classify the shipped samples with the default student\n  \
         edge-kd distill --config training/configs/fashion-kd.toml --device cuda\n  \
         edge-kd run --engine ort --format jsonl photo.png\n  \
+        edge-kd serve --config deploy/edge-kd.toml   the inspection daemon\n  \
         edge-kd card models/default/fashion-tiny.onnx\n  \
         edge-kd bench --engine tract,ort --threads 1,2\n  \
         edge-kd doctor\n\n\
@@ -61,6 +62,7 @@ struct Cli {
 enum Command {
     Distill(commands::distill::Args),
     Run(commands::run::Args),
+    Serve(commands::serve::Args),
     Card(commands::card::Args),
     Bench(commands::bench::Args),
     Parity(commands::parity::Args),
@@ -69,8 +71,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A daemon's log is its journal: say what it does by default.
+    let quiet_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     let default_level = match cli.verbose {
-        0 => "warn",
+        0 => quiet_level,
         1 => "info",
         _ => "debug",
     };
@@ -80,11 +84,13 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let result = match cli.command {
         Command::Distill(args) => commands::distill::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Card(args) => commands::card::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Parity(args) => commands::parity::run(args),

@@ -64,6 +64,15 @@ impl Model {
         Self::from_bytes(Cow::Owned(bytes), path.display().to_string(), fallback)
     }
 
+    /// A model already read into memory from `path` (so that what was hashed is what runs).
+    pub fn from_file_bytes(
+        bytes: Vec<u8>,
+        path: &Path,
+        fallback: &CardlessOptions,
+    ) -> Result<Model, ModelError> {
+        Self::from_bytes(Cow::Owned(bytes), path.display().to_string(), fallback)
+    }
+
     pub fn embedded_default() -> Result<Model, ModelError> {
         Self::from_bytes(
             Cow::Borrowed(DEFAULT_MODEL_BYTES),

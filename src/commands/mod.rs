@@ -6,6 +6,7 @@ pub mod distill;
 pub mod doctor;
 pub mod parity;
 pub mod run;
+pub mod serve;
 
 use std::path::PathBuf;
 

@@ -37,6 +37,13 @@ impl ImageFileDecoder {
         self.decode_bytes()
     }
 
+    /// Decodes an encoded image held in memory (an upload), copied into the reused buffer.
+    pub fn decode_encoded(&mut self, encoded: &[u8]) -> Result<Frame<'_>, DecodeError> {
+        self.bytes.clear();
+        self.bytes.extend_from_slice(encoded);
+        self.decode_bytes()
+    }
+
     fn decode_bytes(&mut self) -> Result<Frame<'_>, DecodeError> {
         let format = image::guess_format(&self.bytes).map_err(|_| DecodeError::UnknownFormat)?;
         let name = match format {

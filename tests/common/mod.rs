@@ -1,6 +1,8 @@
 //! Shared by the integration tests: where things are, and the ONNX Runtime library.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 
 pub fn root() -> PathBuf {

@@ -59,6 +59,10 @@ class TrainSection:
     optimizer: str = _f("adamw", choices=("adamw", "sgd"))
     momentum: float = _f(0.9, min=0.0, max=1.0, doc="sgd only")
     schedule: str = _f("onecycle", choices=("onecycle", "cosine", "constant"))
+    lr_scaling: str = _f("none", choices=("none", "linear", "sqrt"),
+                         doc="lr is given for lr_base_batch; the lr used is lr * (global batch / lr_base_batch) "
+                             "** (1 linear, 0.5 sqrt)")
+    lr_base_batch: int = _f(256, min=1, doc="global batch size (batch_size x processes) that lr is given for")
 
 
 @dataclass
@@ -72,11 +76,41 @@ class StudentConfig(TrainSection):
     pass
 
 
+VIEWS = ("single", "crld")  # = data.views.VIEW_KINDS, which this module must not import (torch)
+
+
 @dataclass
 class DistillConfig:
     method: str = _f("kd")  # checked against the distiller registry in validate()
-    T: float = _f(4.0, min=0.0, min_exclusive=True)
-    alpha: float = _f(0.9, min=0.0, max=1.0)
+    T: float = _f(4.0, min=0.0, min_exclusive=True, doc="softmax temperature of every KL term (kd, crld, dtokd)")
+    alpha: float = _f(0.9, min=0.0, max=1.0, doc="kd only: total = (1 - alpha) CE + alpha KD")
+    views: str | None = _f(None, choices=VIEWS, doc="input views; unset: 'crld' for crld, 'single' otherwise. "
+                                                    "'crld' is valid with crld and dtokd")
+
+
+@dataclass
+class CRLDConfig:
+    """CRLD (methods.md section 4.4, CIFAR defaults): used by crld, and by dtokd with views = 'crld'."""
+    tau_w: float = _f(0.9, min=0.0, max=1.0, doc="weak-view teacher confidence gating the within-view KL")
+    tau_s: float = _f(0.2, min=0.0, max=1.0, doc="strong-view teacher confidence gating the cross-view KL")
+    w_ce: float = _f(1.0, min=0.0, doc="crld only: weight of CE on both views")
+    w_wv: float = _f(2.0, min=0.0, doc="weight of the within-view KL")
+    w_cv: float = _f(0.5, min=0.0, doc="weight of the cross-view KL")
+    randaugment_ops: int = _f(2, min=0, max=8, doc="strong view: RandAugment ops per image")
+    cutout: float = _f(0.5, min=0.0, max=1.0, doc="strong view: Cutout side at most this fraction of the width")
+
+
+@dataclass
+class DTOKDConfig:
+    """DTO-KD (methods.md section 3): used by dtokd."""
+    balancer: str = _f("famo", choices=("famo", "exact"), doc="famo: amortised weights (section 3.4); exact: "
+                                                             "two-objective closed form, two backwards (section 3.3)")
+    kl_loss: bool = _f(True, doc="logit KD objective at [distill].T (CRLD's consistency with views = 'crld')")
+    feature_loss: bool = _f(True, doc="projector feature objective (section 3.5)")
+    weight_lr: float = _f(0.025, min=0.0, min_exclusive=True, doc="famo: Adam lr of the weight logits")
+    weight_decay: float = _f(0.01, min=0.0, doc="famo: Adam weight decay of the weight logits")
+    clip_norm: float = _f(1.0, min=0.0, doc="max gradient norm of student + projector; 0 = no clipping")
+    log_every: int = _f(50, min=0, doc="gradient conflict/dominance diagnostics every N steps; 0 = never")
 
 
 @dataclass
@@ -101,6 +135,11 @@ class RunConfig:
     checkpoint_every: int = _f(1, min=1)
     threads: int | None = _f(None, min=1, doc="torch CPU threads")
     log_steps: int = _f(20, min=1, max=1000, doc="step events per epoch, at most")
+    compile: str = _f("off", choices=("off", "default", "reduce-overhead"),
+                      doc="torch.compile the training step; reduce-overhead adds CUDA graphs; falls back to "
+                          "eager (with a 'compile' event) when unavailable or failing")
+    timing_warmup_steps: int = _f(10, min=0, doc="steps at the start of a phase left out of images/s "
+                                                 "(compile, CUDA-graph capture, cuDNN autotuning)")
 
 
 @dataclass
@@ -109,11 +148,18 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    crld: CRLDConfig = field(default_factory=CRLDConfig)
+    dtokd: DTOKDConfig = field(default_factory=DTOKDConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     run: RunConfig = field(default_factory=RunConfig)
     # Where it came from, for messages; not part of the TOML.
     source: str = field(default="<config>", metadata={"internal": True})
+
+    @property
+    def views(self) -> str:
+        """The views the student trains on: [distill].views, or the method's own."""
+        return self.distill.views or ("crld" if self.distill.method == "crld" else "single")
 
     def sections(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("internal")}
@@ -261,10 +307,11 @@ def validate(cfg: Config, explicit: set[str], warn) -> None:
         raise ConfigError(f"{src}: [teacher].epochs: 0 with no [teacher].weights (expected >= 1, or weights to load)")
     if cfg.student.epochs < 1:
         raise ConfigError(f"{src}: [student].epochs: {cfg.student.epochs} (expected >= 1)")
-    if not needs_teacher:
-        extra = sorted(k for k in explicit if k in ("distill.T", "distill.alpha") or k.startswith("teacher."))
-        if extra:
-            warn(f"{src}: warning: method {cfg.distill.method!r} uses no teacher; ignoring {', '.join(extra)}")
+    _check_combination(cfg)
+    unused = _unused_keys(cfg, explicit, needs_teacher)
+    if unused:
+        warn(f"{src}: warning: method {cfg.distill.method!r} with views {cfg.views!r} does not use "
+             f"{', '.join(unused)} (ignored)")
     if cfg.data.dataset == "fashion-mnist":
         if cfg.data.color != "gray":
             raise ConfigError(f"{src}: [data].color: {cfg.data.color!r} for fashion-mnist (expected 'gray')")
@@ -273,6 +320,56 @@ def validate(cfg: Config, explicit: set[str], warn) -> None:
     if cfg.data.limit_train is not None and cfg.data.limit_train <= cfg.data.calibration_split:
         raise ConfigError(f"{src}: [data].limit_train: {cfg.data.limit_train} leaves no training images after "
                           f"the calibration split of {cfg.data.calibration_split} (expected > calibration_split)")
+
+
+def _check_combination(cfg: Config) -> None:
+    """The valid combinations of method, views, DTO-KD objectives/balancer and compile (docs/METHODS.md)."""
+    src, method, d = cfg.source, cfg.distill.method, cfg.dtokd
+    if cfg.views == "crld" and method not in ("crld", "dtokd"):
+        raise ConfigError(f"{src}: [distill].views: 'crld' is not valid with method {method!r} (CRLD's weak+strong "
+                          "views feed methods 'crld' and 'dtokd'; expected 'single' or no value)")
+    if method == "crld" and cfg.views != "crld":
+        raise ConfigError(f"{src}: [distill].views: {cfg.views!r} is not valid with method 'crld' (CRLD is defined on "
+                          "a weak and a strong view; expected 'crld' or no value)")
+    if method != "dtokd":
+        return
+    if not d.kl_loss and not d.feature_loss:
+        raise ConfigError(f"{src}: [dtokd].kl_loss: false together with feature_loss = false leaves only the task "
+                          "objective (expected at least one distillation objective)")
+    if cfg.views == "crld" and not d.kl_loss:
+        raise ConfigError(f"{src}: [dtokd].kl_loss: false with [distill].views = 'crld' (the crld views feed the kl "
+                          "objective, CRLD's within/cross-view consistency; expected true)")
+    n_objectives = 1 + d.kl_loss + d.feature_loss
+    if d.balancer == "exact" and n_objectives != 2:
+        raise ConfigError(f"{src}: [dtokd].balancer: 'exact' solves the two-objective case, but task + kl + feature "
+                          "make 3 (set kl_loss or feature_loss to false, or use 'famo')")
+    if d.balancer == "exact" and cfg.run.compile != "off":
+        raise ConfigError(f"{src}: [dtokd].balancer: 'exact' takes two backward passes through one graph per step "
+                          f"and runs eagerly, but [run].compile = {cfg.run.compile!r} (expected compile = 'off', "
+                          "or balancer = 'famo')")
+    if d.feature_loss and cfg.teacher.model.startswith("torchscript:"):
+        raise ConfigError(f"{src}: [dtokd].feature_loss: teacher {cfg.teacher.model!r} exposes logits only, not the "
+                          "pooled features the projector distils (expected false, or a registered or timm teacher)")
+
+
+def _unused_keys(cfg: Config, explicit: set[str], needs_teacher: bool) -> list[str]:
+    """Keys set in the file that this method/views combination ignores (a warning, not an error:
+    switching method in one line of an otherwise complete config is normal)."""
+    method = cfg.distill.method
+
+    def used(key: str) -> bool:
+        section, name = key.split(".", 1)
+        if section == "teacher" or key == "distill.T":
+            return needs_teacher
+        if key == "distill.alpha":
+            return method == "kd"
+        if section == "crld":
+            return cfg.views == "crld" and (name != "w_ce" or method == "crld")
+        if section == "dtokd":
+            return method == "dtokd"
+        return True
+
+    return sorted(k for k in explicit if not used(k))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, warn=lambda m: print(m, file=sys.stderr)) -> Config:

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 
 from . import calibrate as cal_mod
-from .config import Config, write_resolved
+from .config import Config, ConfigError, write_resolved
 from .data.splits import load_splits
 from .distillers import DISTILLERS, create_distiller
 from .export import build_card, export_student
 from .models import EXTERNAL_PREFIXES, count_params, create_model
-from .plots import reliability_png, risk_coverage_png
+from .plots import gradient_balance_png, reliability_png, risk_coverage_png
 from .train import Context, accuracy, fit, predict
 
 
@@ -54,9 +54,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def distiller_params(cfg: Config) -> dict:
+    """Constructor arguments of ``cfg.distill.method``'s distiller, from its config sections."""
+    d, c, t = cfg.distill, cfg.crld, cfg.dtokd
+    crld = {"tau_w": c.tau_w, "tau_s": c.tau_s, "w_wv": c.w_wv, "w_cv": c.w_cv}
+    if d.method == "kd":
+        return {"T": d.T, "alpha": d.alpha}
+    if d.method == "crld":
+        return {"T": d.T, "w_ce": c.w_ce, **crld}
+    if d.method == "dtokd":
+        return {"T": d.T, "views": cfg.views, "balancer": t.balancer, "kl_loss": t.kl_loss,
+                "feature_loss": t.feature_loss, "weight_lr": t.weight_lr, "weight_decay": t.weight_decay,
+                "clip_norm": t.clip_norm, "log_every": t.log_every, **crld}
+    return {}
+
+
+def gradient_records(events_path: Path, phase: str = "student") -> list[dict]:
+    """The run's "gradients" events, one per step (the last one wins: a resumed run replays the
+    epoch it was interrupted in), in step order. Read back from events.jsonl so a resumed run
+    plots its whole history."""
+    by_step: dict[int, dict] = {}
+    if events_path.is_file():
+        for line in events_path.read_text(encoding="utf-8").splitlines():
+            ev = json.loads(line) if line.strip() else {}
+            if ev.get("event") == "gradients" and ev.get("phase") == phase:
+                by_step[int(ev["step"])] = ev
+    return [by_step[k] for k in sorted(by_step)]
+
+
 def run_distill(cfg: Config, out: Path, resume: bool, emit, command: str) -> dict:
     device = resolve_device(cfg.run.device)
     rank, world, device = init_distributed(device)
+    if world > 1 and cfg.distill.method == "dtokd" and cfg.dtokd.balancer == "exact":
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        raise ConfigError(f"{cfg.source}: [dtokd].balancer: 'exact' runs in one process only (this is a "
+                          f"{world}-process torchrun; expected 'famo', or a single process)")
     try:
         return _run(cfg, out, resume, emit, command, device, rank, world)
     finally:
@@ -73,6 +106,9 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
     elif world > 1 and device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # ranks must not oversubscribe
     seed_everything(cfg.run.seed)
+    if device.type == "cuda":
+        # Shapes are fixed for a whole run: let cuDNN pick the fastest convolution once.
+        torch.backends.cudnn.benchmark = True
     if is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         emit.open_copy(out / "events.jsonl")
@@ -88,7 +124,9 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
     ctx = Context(device=device, rank=rank, world=world, emit=emit, out=out, seed=cfg.run.seed, amp=cfg.run.amp,
                   channels_last=cfg.run.channels_last, checkpoint_every=cfg.run.checkpoint_every,
                   log_steps=cfg.run.log_steps, augment_flip=cfg.data.augment_flip,
-                  augment_shift=cfg.data.augment_shift, log=log)
+                  augment_shift=cfg.data.augment_shift, log=log, compile=cfg.run.compile,
+                  timing_warmup_steps=cfg.run.timing_warmup_steps, strong_ops=cfg.crld.randaugment_ops,
+                  cutout=cfg.crld.cutout)
     ckpt_dir = out / "checkpoints"
 
     # ---- teacher
@@ -115,10 +153,12 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
     sc = cfg.student
     seed_everything(cfg.run.seed + 1)  # the student's init does not depend on whether a teacher was trained
     student = create_model(sc.model, n_cls, in_ch)
-    distiller = create_distiller(cfg.distill.method, student, teacher, T=cfg.distill.T, alpha=cfg.distill.alpha)
+    distiller = create_distiller(cfg.distill.method, student, teacher, **distiller_params(cfg))
     res = fit("student", distiller, sc, train, test, norm, ctx, ckpt_dir / "student.pt", resume)
     student = distiller.student.eval()
-    log(f"student {sc.model}: test accuracy {res.test_accuracy:.4f}, {res.images_per_s:.0f} images/s")
+    warm = (res.throughput or {}).get("warmup_steps_left_out", 0)
+    log(f"student {sc.model}: test accuracy {res.test_accuracy:.4f}, {res.images_per_s:.0f} images/s "
+        f"(last epoch; the phase's first {warm} steps are not timed)")
 
     # ---- calibrate (calibration split = end of the training set)
     emit({"event": "phase", "phase": "calibrate"})
@@ -134,6 +174,9 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
                  str(risk_coverage_png(cal_logits, cal_labels, cal.temperature, cal.target,
                                        cal.coverage if cal.error_among_accepted is not None else None,
                                        out / "risk_coverage.png"))]
+        records = gradient_records(out / "events.jsonl")
+        if records:
+            plots.append(str(gradient_balance_png(records, out / "gradients.png")))
 
         # ---- export
         emit({"event": "phase", "phase": "export"})
@@ -170,6 +213,7 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
             "notes": notes,
             "reference_dir": str(out / "reference"),
             "images_per_s": res.images_per_s,
+            "throughput": res.throughput,
             "parity_max_abs_diff": exp["max_abs_diff"],
             "plots": plots,
         }

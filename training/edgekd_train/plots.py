@@ -1,4 +1,4 @@
-"""Reliability diagram and risk-coverage curve (PNG, matplotlib Agg: no display needed)."""
+"""Reliability diagram, risk-coverage curve and DTO-KD gradient balance (PNG, matplotlib Agg: no display needed)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,49 @@ def risk_coverage_png(logits: np.ndarray, labels: np.ndarray, temperature: float
     ax.set_ylim(0, max(float(risk.max()) * 1.05, target * 2, 1e-3))
     ax.set_title("Risk-coverage on the calibration split")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def gradient_balance_png(records: list[dict], path: Path) -> Path:
+    """DTO-KD diagnostics over training (methods.md section 3.2): for each distillation objective k,
+    conflict (inner product and cosine of grad L_k and grad L_task; below 0 they pull apart),
+    dominance (log10 of ||grad L_k|| / ||grad L_task||; far from 0, one objective drowns the
+    other), and the objective weights pi. ``records`` are "gradients" events."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([r["step"] for r in records], dtype=float)
+    objectives = sorted({k[len("inner_"):] for r in records for k in r if k.startswith("inner_")})
+    weights = sorted({k[len("pi_"):] for r in records for k in r if k.startswith("pi_")})
+
+    def series(key: str) -> np.ndarray:
+        return np.array([np.nan if r.get(key) is None else float(r[key]) for r in records])
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), dpi=100, sharex=True)
+    panels = [
+        (axes[0, 0], "inner product <g_k, g_task>", lambda k: series(f"inner_{k}")),
+        (axes[0, 1], "cosine(g_k, g_task)", lambda k: series(f"cosine_{k}")),
+        (axes[1, 0], "log10 ||g_k|| / ||g_task||", lambda k: np.log10(np.clip(series(f"norm_ratio_{k}"), 1e-12, None))),
+    ]
+    for ax, label, get in panels:
+        for k in objectives:
+            ax.plot(steps, get(k), ".-", ms=3, lw=1, label=k)
+        ax.axhline(0.0, color="k", lw=0.8, ls="--")  # no conflict / equal norms
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    ax = axes[1, 1]
+    for k in weights:
+        ax.plot(steps, series(f"pi_{k}"), ".-", ms=3, lw=1, label=f"pi_{k}")
+    ax.set_ylabel("objective weight pi")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    for ax in axes[1]:
+        ax.set_xlabel("training step")
+    fig.suptitle("DTO-KD gradient conflict and dominance (student parameters)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

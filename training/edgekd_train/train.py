@@ -9,6 +9,13 @@ Design choices (why):
   consistent). An interrupt saves the last epoch-end snapshot kept in memory.
 * DDP: the whole Distiller is wrapped (the frozen teacher has no grads, so DDP ignores it);
   each rank trains on its shard of the same per-epoch permutation; only rank 0 writes.
+* The update itself is ``Distiller.step`` (backward on "total" unless a method balances its
+  objectives), called with the loop's forward: DDP-wrapped, autocast, maybe compiled
+  (compiling.py). With compile on, the last partial batch is dropped so shapes stay static.
+* images/s leaves out the first ``timing_warmup_steps`` steps of a phase (compile, CUDA-graph
+  capture, cuDNN autotuning) and the per-epoch evaluation; one view pair counts as one image.
+* The global batch (batch_size x processes) and the learning rate move together by
+  ``lr_scaling`` (none, linear or sqrt from ``lr_base_batch``).
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .data.tensors import Normalizer, TensorData, augment, epoch_batches, steps_per_epoch
-from .distillers import Distiller
+from .compiling import Compiler, choose, describe, is_compile_error
+from .data.tensors import Normalizer, TensorData, epoch_batches, steps_per_epoch
+from .data.views import ViewMaker
+from .distillers import Distiller, StepFunctions
 
 
 class Interrupted(Exception):
@@ -49,6 +58,11 @@ class Context:
     augment_flip: bool
     augment_shift: int
     log: Callable[[str], None]
+    compile: str = "off"
+    timing_warmup_steps: int = 10
+    strong_ops: int = 2  # CRLD strong view: RandAugment ops per image
+    cutout: float = 0.5  # CRLD strong view: largest Cutout side, as a fraction of the width
+    compile_backend: str | Callable = "inductor"  # tests only: dynamo's "eager", or a failing backend
 
     @property
     def is_main(self) -> bool:
@@ -67,9 +81,10 @@ class Context:
 @dataclass
 class FitResult:
     test_accuracy: float
-    images_per_s: float
+    images_per_s: float  # last epoch, warm-up steps left out
     epochs: int
     resumed_from: int = 0
+    throughput: dict | None = None  # all epochs of this process: images/s, what was timed, how it ran
 
 
 def _prepare(x: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -94,16 +109,26 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels.cpu()).double().mean())
 
 
-def make_optimizer(params, sec) -> torch.optim.Optimizer:
+def effective_lr(sec, world: int = 1) -> float:
+    """``sec.lr`` moved to the global batch by ``sec.lr_scaling`` (linear: Goyal et al. 2017 for
+    SGD; sqrt: the usual rule for Adam-type optimisers)."""
+    power = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[sec.lr_scaling]
+    return sec.lr * (sec.batch_size * world / sec.lr_base_batch) ** power
+
+
+def make_optimizer(params, sec, lr: float | None = None, fused: bool = False) -> torch.optim.Optimizer:
+    lr = sec.lr if lr is None else lr
     if sec.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=sec.lr, momentum=sec.momentum, weight_decay=sec.weight_decay, nesterov=True)
-    return torch.optim.AdamW(params, lr=sec.lr, weight_decay=sec.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=sec.momentum, weight_decay=sec.weight_decay, nesterov=True)
+    # fused: one kernel for the whole update instead of a few per parameter tensor (CUDA only).
+    return torch.optim.AdamW(params, lr=lr, weight_decay=sec.weight_decay, fused=fused or None)
 
 
-def make_scheduler(opt, sec, total_steps: int):
+def make_scheduler(opt, sec, total_steps: int, lr: float | None = None):
+    lr = sec.lr if lr is None else lr
     total_steps = max(1, total_steps)
     if sec.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=sec.lr, total_steps=total_steps, pct_start=0.2)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps, pct_start=0.2)
     if sec.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _s: 1.0)
@@ -147,25 +172,56 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def _restore(distiller: Distiller, opt, sched, st: dict) -> None:
+    mods = distiller.trainable_modules()
+    mods[0].load_state_dict(st["model"])
+    for m, sd in zip(mods[1:], st["extra_modules"]):
+        m.load_state_dict(sd)
+    # A copy: on CPU the optimiser would otherwise adopt (and then update) the snapshot's tensors.
+    opt.load_state_dict(copy.deepcopy(st["optimizer"]))
+    sched.load_state_dict(st["scheduler"])
+
+
+def _step_tools(model: nn.Module, distiller: Distiller, norm: Normalizer, ctx: Context,
+                compiler: Compiler) -> tuple[StepFunctions, ViewMaker]:
+    forward = compiler(model)
+    targets = compiler.without_cudagraphs(distiller.targets)
+
+    def run_forward(batch):
+        with ctx.autocast():
+            return forward(batch)
+
+    def run_targets(batch):
+        with torch.no_grad(), ctx.autocast():
+            return targets(batch)
+
+    views = ViewMaker(distiller.views, norm, ctx.device, flip=ctx.augment_flip, shift=ctx.augment_shift,
+                      channels_last=ctx.cuda and ctx.channels_last, n_ops=ctx.strong_ops, cutout_frac=ctx.cutout,
+                      compile_fn=compiler.without_cudagraphs if compiler.enabled else None)
+    return StepFunctions(run_forward, run_targets, ctx.world), views
+
+
 def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorData, norm: Normalizer,
         ctx: Context, ckpt_path: Path, resume: bool) -> FitResult:
     epochs = sec.epochs
-    steps = steps_per_epoch(len(train), sec.batch_size, ctx.world, drop_last=ctx.world > 1)
+    compiler, compile_note = choose(ctx.compile, ctx.device, ctx.world, ctx.compile_backend)
+    # Compiled steps want one static batch shape: a last partial batch would recompile (and
+    # re-record CUDA graphs) every epoch.
+    drop_last = ctx.world > 1 or compiler.enabled
+    steps = steps_per_epoch(len(train), sec.batch_size, ctx.world, drop_last=drop_last)
     distiller.to(ctx.device)
     if ctx.cuda and ctx.channels_last:
         for m in distiller.trainable_modules():
             m.to(memory_format=torch.channels_last)
-    opt = make_optimizer(distiller.parameters_to_train(), sec)
-    sched = make_scheduler(opt, sec, epochs * steps)
+        if distiller.teacher is not None and not isinstance(distiller.teacher, torch.jit.ScriptModule):
+            distiller.teacher.to(memory_format=torch.channels_last)
+    lr = effective_lr(sec, ctx.world)
+    opt = make_optimizer(distiller.parameters_to_train(), sec, lr, fused=ctx.cuda)
+    sched = make_scheduler(opt, sec, epochs * steps, lr)
     start = 0
     if resume and ckpt_path.is_file():
         st = load_checkpoint(ckpt_path)
-        mods = distiller.trainable_modules()
-        mods[0].load_state_dict(st["model"])
-        for m, sd in zip(mods[1:], st["extra_modules"]):
-            m.load_state_dict(sd)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
+        _restore(distiller, opt, sched, st)
         torch.set_rng_state(st["rng"]["torch"])
         if st["rng"].get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(st["rng"]["cuda"])
@@ -177,13 +233,23 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
         model = nn.parallel.DistributedDataParallel(
             distiller, device_ids=[ctx.device.index] if ctx.cuda else None)
     if start < epochs:
-        ctx.emit({"event": "phase", "phase": phase, "epochs": epochs})
+        ctx.emit({"event": "phase", "phase": phase, "epochs": epochs, "batch_size": sec.batch_size * ctx.world,
+                  "lr": lr, "views": distiller.views, "compile": compiler.mode})
+        if compile_note:
+            ctx.emit({"event": "compile", "phase": phase, "requested": ctx.compile, "mode": compiler.mode,
+                      "reason": compile_note})
     else:
         ctx.emit({"event": "phase", "phase": phase, "skipped": f"loaded from {ckpt_path}"})
     snapshot = _state(distiller, opt, sched, start, phase, {"done": start >= epochs})
+    fns, views = _step_tools(model, distiller, norm, ctx, compiler)
+    first_compiled_step = compiler.enabled
     every = max(1, steps // ctx.log_steps)
+    diag_every = distiller.diagnostics_every if ctx.is_main else 0
+    global_step = start * steps
+    timed_images, timed_seconds = 0, 0.0
     test_acc = float("nan")
     ips = 0.0
+    throughput = None
     try:
         for epoch in range(start, epochs):
             model.train()
@@ -191,26 +257,49 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
             loss_sum = torch.zeros((), device=ctx.device)
             correct = torch.zeros((), device=ctx.device, dtype=torch.long)
             seen = 0
+            warmup = min(ctx.timing_warmup_steps, steps // 2) if epoch == start else 0
+            diagnostics: list[tuple[int, dict]] = []
             if ctx.cuda:
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t_epoch = t0 = time.perf_counter()
+            timed_from = 0
             for s, (xb, yb) in enumerate(epoch_batches(train, sec.batch_size, ctx.seed, epoch, ctx.rank,
-                                                       ctx.world, drop_last=ctx.world > 1)):
-                xb = augment(xb, gen, ctx.augment_flip, ctx.augment_shift)
-                batch = {"image": _prepare(norm(xb), ctx), "label": yb}
-                with ctx.autocast():
-                    losses, logits = model(batch)
-                loss = losses["total"]
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                                                       ctx.world, drop_last=drop_last)):
+                if s == warmup and warmup > 0:
+                    if ctx.cuda:
+                        torch.cuda.synchronize()
+                    t0, timed_from = time.perf_counter(), seen
+                compiler.mark_step()
+                try:
+                    batch = {**views(xb, gen), "label": yb}
+                    if diag_every and global_step % diag_every == 0:
+                        with ctx.autocast():
+                            diagnostics.append((global_step + 1, distiller.diagnose(batch)))
+                    loss, logits = distiller.step(fns, batch, opt)
+                except Exception as e:
+                    if not (first_compiled_step and is_compile_error(e)):
+                        raise
+                    if ctx.world > 1:
+                        # DDP's reducer may be half way through a backward; it cannot be rewound.
+                        raise RuntimeError(f"torch.compile failed under DDP ({describe(e)}); rerun with "
+                                           "--set run.compile=off") from e
+                    # Undo whatever the failed step touched and carry on eagerly from the same batch.
+                    _restore(distiller, opt, sched, snapshot)
+                    compiler = Compiler("off")
+                    fns, views = _step_tools(model, distiller, norm, ctx, compiler)
+                    ctx.emit({"event": "compile", "phase": phase, "requested": ctx.compile, "mode": "off",
+                              "reason": f"compile failed, running eagerly: {describe(e)}"})
+                    batch = {**views(xb, gen), "label": yb}
+                    loss, logits = distiller.step(fns, batch, opt)
+                first_compiled_step = False
                 sched.step()
-                loss_sum += loss.detach() * yb.shape[0]
-                correct += (logits.detach().argmax(1) == yb).sum()
+                global_step += 1
+                loss_sum += loss * yb.shape[0]
+                correct += (logits.argmax(1) == yb).sum()
                 seen += yb.shape[0]
                 if ctx.is_main and (s % every == 0 or s == steps - 1):
                     ctx.emit({"event": "step", "phase": phase, "epoch": epoch + 1, "of": epochs,
-                              "step": s + 1, "steps": steps, "loss": float(loss.detach())})
+                              "step": s + 1, "steps": steps, "loss": float(loss)})
             if ctx.world > 1:
                 stats = torch.stack([loss_sum, correct.to(loss_sum.dtype),
                                      torch.tensor(float(seen), device=ctx.device)])
@@ -221,13 +310,27 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
             train_loss, train_acc = float(loss_sum) / seen_all, float(correct) / seen_all  # one sync per epoch
             if ctx.cuda:
                 torch.cuda.synchronize()
-            secs = time.perf_counter() - t0
-            ips = seen_all / secs if secs > 0 else 0.0
+            t_end = time.perf_counter()
+            secs = t_end - t_epoch
+            n_timed = (seen - timed_from) * ctx.world  # equal shards under DDP (drop_last)
+            ips = n_timed / (t_end - t0) if t_end > t0 else 0.0
+            timed_images += n_timed
+            timed_seconds += t_end - t0
+            throughput = {"images_per_s": timed_images / timed_seconds if timed_seconds > 0 else 0.0,
+                          "timed_images": timed_images, "timed_seconds": timed_seconds,
+                          "warmup_steps_left_out": min(ctx.timing_warmup_steps, steps // 2),
+                          "batch_size": sec.batch_size * ctx.world, "lr": lr, "compile": compiler.mode,
+                          "amp": ctx.cuda and ctx.amp, "channels_last": ctx.cuda and ctx.channels_last,
+                          "views": distiller.views, "device": ctx.device.type, "world_size": ctx.world}
             test_acc = accuracy(predict(distiller.student, test, norm, ctx), test.labels)
             done = epoch + 1
             snapshot = _state(distiller, opt, sched, done, phase,
-                              {"done": done >= epochs, "test_accuracy": test_acc, "images_per_s": ips})
+                              {"done": done >= epochs, "test_accuracy": test_acc, "images_per_s": ips,
+                               "throughput": throughput})
             if ctx.is_main:
+                for step_no, d in diagnostics:
+                    ctx.emit({"event": "gradients", "phase": phase, "epoch": done, "step": step_no,
+                              **{k: float(v) for k, v in d.items()}})
                 ctx.emit({"event": "epoch", "phase": phase, "epoch": done, "of": epochs, "loss": train_loss,
                           "train_accuracy": train_acc, "test_accuracy": test_acc, "images_per_s": ips,
                           "seconds": secs})
@@ -245,5 +348,7 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
         st = load_checkpoint(ckpt_path)
         test_acc = st.get("test_accuracy", accuracy(predict(distiller.student, test, norm, ctx), test.labels))
         ips = st.get("images_per_s", 0.0)
+        throughput = st.get("throughput")
     distiller.eval()
-    return FitResult(test_accuracy=test_acc, images_per_s=ips, epochs=epochs, resumed_from=start)
+    return FitResult(test_accuracy=test_acc, images_per_s=ips, epochs=epochs, resumed_from=start,
+                     throughput=throughput)

@@ -75,6 +75,7 @@ def test_distill_tiny_end_to_end(tmp_path):
 @pytest.mark.parametrize("extra,kind", [
     (["--set", "student.epochs=abc"], "config"),
     (["--set", "distill.method=nope"], "config"),
+    (["--set", "distill.views=crld"], "config"),  # kd with CRLD's views: an invalid combination
     (["--set", "data.path=/nonexistent/fashion"], "data"),
 ])
 def test_bad_config_exits_2_without_traceback(tmp_path, extra, kind):

@@ -1,14 +1,18 @@
-"""Distiller registry, keyed by ``[distill].method``. The next methods add one file each."""
+"""Distiller registry, keyed by ``[distill].method``. Each method is one file."""
 
 from __future__ import annotations
 
-from .base import Batch, Distiller
+from .base import Batch, Distiller, StepFunctions
+from .crld import CRLDDistiller
+from .dtokd import DTOKDDistiller
 from .kd import KDDistiller
 from .scratch import ScratchDistiller
 
 DISTILLERS: dict[str, type[Distiller]] = {
     "scratch": ScratchDistiller,
     "kd": KDDistiller,
+    "crld": CRLDDistiller,
+    "dtokd": DTOKDDistiller,
 }
 
 
@@ -18,4 +22,5 @@ def create_distiller(method: str, student, teacher=None, **params) -> Distiller:
     return DISTILLERS[method](student, teacher, **params)
 
 
-__all__ = ["Batch", "Distiller", "DISTILLERS", "create_distiller", "KDDistiller", "ScratchDistiller"]
+__all__ = ["Batch", "Distiller", "DISTILLERS", "StepFunctions", "create_distiller", "CRLDDistiller",
+           "DTOKDDistiller", "KDDistiller", "ScratchDistiller"]

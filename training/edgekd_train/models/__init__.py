@@ -61,6 +61,30 @@ def create_model(name: str, num_classes: int, in_chans: int, weights: str | None
     return model
 
 
+def has_features(model: nn.Module) -> bool:
+    """Whether ``features_and_logits`` can read pooled features from ``model`` (TorchScript
+    teachers expose their logits only)."""
+    return hasattr(model, "forward_pooled") or (hasattr(model, "forward_features") and hasattr(model, "forward_head"))
+
+
+def feature_dim(model: nn.Module) -> int:
+    """Width of the pooled features of ``features_and_logits`` (registered models and timm agree
+    on ``num_features``)."""
+    if not has_features(model) or not isinstance(getattr(model, "num_features", None), int):
+        raise ValueError(f"{type(model).__name__} exposes no pooled features (expected a registered or timm model)")
+    return model.num_features
+
+
+def features_and_logits(model: nn.Module, x):
+    """(pooled penultimate features (B, D), logits) in one forward."""
+    if hasattr(model, "forward_pooled"):
+        return model.forward_pooled(x)
+    if hasattr(model, "forward_features") and hasattr(model, "forward_head"):  # timm
+        f = model.forward_head(model.forward_features(x), pre_logits=True)
+        return f, model.get_classifier()(f)
+    raise ValueError(f"{type(model).__name__} exposes no pooled features (expected a registered or timm model)")
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -31,8 +31,13 @@ class PlainCNN(nn.Module):
         self.fc = nn.Linear(c, num_classes)
         self.num_features = c
 
+    def forward_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled features (B, num_features), logits): for methods that distil features."""
+        f = torch.flatten(self.pool(self.features(x)), 1)
+        return f, self.fc(f)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+        return self.forward_pooled(x)[1]
 
 
 @register_model("cnn-18k")

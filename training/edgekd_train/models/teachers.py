@@ -50,9 +50,14 @@ class WideResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_pooled(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global-average-pooled last feature map (B, num_features), logits)."""
         x = F.relu(self.bn(self.blocks(self.conv(x))))
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        f = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return f, self.fc(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_pooled(x)[1]
 
 
 @register_model("wrn16-4")

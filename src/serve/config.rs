@@ -1,0 +1,495 @@
+//! The daemon's one TOML file (`deploy/edge-kd.toml` is the documented example).
+//! Parsing is strict: an unknown key is an error, and every error names the file and
+//! the key, so a typo on a box is found by `serve --check-config`, not by a silent default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::engine::EngineKind;
+use crate::source::camera::CameraConfig;
+use crate::source::synthetic::SyntheticConfig;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    #[serde(rename = "box", default)]
+    pub box_: BoxConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(rename = "source", default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub sinks: SinksConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoxConfig {
+    /// Names this box in MQTT topics and results; the host name when empty.
+    #[serde(default)]
+    pub id: String,
+    /// Where the daemon keeps what must survive a restart (the MQTT spool).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// How long shutdown may spend publishing what is still spooled before it leaves the
+    /// rest on disk for the next start.
+    #[serde(default = "default_drain_ms")]
+    pub shutdown_drain_ms: u64,
+}
+
+impl Default for BoxConfig {
+    fn default() -> Self {
+        BoxConfig { id: String::new(), state_dir: default_state_dir(), shutdown_drain_ms: default_drain_ms() }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/edge-kd")
+}
+fn default_drain_ms() -> u64 {
+    5000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// A file holding the bearer token every request but /healthz and /readyz must carry.
+    pub token_file: Option<PathBuf>,
+    /// Largest accepted upload to /infer.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// How many recent results /results/latest can return.
+    #[serde(default = "default_latest")]
+    pub keep_latest: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+            token_file: None,
+            max_body_bytes: default_max_body(),
+            keep_latest: default_latest(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> usize {
+    16 << 20
+}
+fn default_latest() -> usize {
+    100
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DropPolicy {
+    /// Keep the newest frames: right for cameras, where an old frame is worth least.
+    DropOldest,
+    /// Refuse the new frame (an upload gets 503).
+    DropNewest,
+    /// Wait for room: right for folders, whose files must all be processed.
+    Block,
+}
+
+impl std::fmt::Display for DropPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DropPolicy::DropOldest => "drop-oldest",
+            DropPolicy::DropNewest => "drop-newest",
+            DropPolicy::Block => "block",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Names the source in results, metrics and MQTT topics.
+    pub name: String,
+    /// The ONNX student; the embedded default when absent.
+    pub model: Option<PathBuf>,
+    /// sha256 of the model file (hex). When set, any other file is refused.
+    pub model_sha256: Option<String>,
+    #[serde(default = "default_engine")]
+    pub engine: String,
+    /// Intra-op threads per worker.
+    #[serde(default = "one")]
+    pub threads: usize,
+    /// Inference workers for this source, each with its own engine.
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// Frames waiting for a worker.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Full-queue behaviour; drop-oldest for cameras and uploads, block for folders.
+    pub drop: Option<DropPolicy>,
+    /// Replaces every class's accept threshold.
+    pub threshold: Option<f32>,
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    pub camera: Option<CameraConfig>,
+    pub folder: Option<FolderConfig>,
+    pub http: Option<UploadConfig>,
+    pub synthetic: Option<SyntheticConfig>,
+}
+
+fn default_engine() -> String {
+    "tract".into()
+}
+fn one() -> usize {
+    1
+}
+fn default_queue() -> usize {
+    8
+}
+fn default_top_k() -> usize {
+    3
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderConfig {
+    pub path: PathBuf,
+    /// Process the files already there at start (oldest first).
+    #[serde(default = "yes")]
+    pub existing: bool,
+    /// What to do with a file once its result is written.
+    #[serde(default)]
+    pub after: AfterProcessing,
+    /// Target folder for `after = "move"`.
+    pub move_to: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterProcessing {
+    #[default]
+    Keep,
+    Move,
+    Delete,
+}
+
+/// Marks a source fed by `POST /infer?source=NAME`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    pub jsonl: Option<JsonlConfig>,
+    pub mqtt: Option<MqttConfig>,
+    pub review: Option<ReviewConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// After every line: nothing written is lost even on power loss; slowest.
+    Always,
+    /// At most every `fsync_interval_ms`.
+    Interval,
+    /// Leave it to the kernel: survives a daemon crash, not a power cut.
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonlConfig {
+    pub path: PathBuf,
+    #[serde(default = "default_fsync")]
+    pub fsync: FsyncPolicy,
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval_ms: u64,
+    /// Rotate when the file would grow past this; 0 never rotates.
+    #[serde(default = "default_rotate")]
+    pub rotate_bytes: u64,
+    /// Rotated files kept (`results.jsonl.1` newest).
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+}
+
+fn default_fsync() -> FsyncPolicy {
+    FsyncPolicy::Interval
+}
+fn default_fsync_interval() -> u64 {
+    1000
+}
+fn default_rotate() -> u64 {
+    64 << 20
+}
+fn default_keep() -> usize {
+    5
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// `edge-kd-<box id>` when absent.
+    pub client_id: Option<String>,
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    #[serde(default = "default_keepalive")]
+    pub keepalive_s: u64,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The on-disk queue of results not yet acknowledged by the broker;
+    /// `<state_dir>/mqtt-spool` when absent.
+    pub spool_dir: Option<PathBuf>,
+    #[serde(default = "default_fsync")]
+    pub fsync: FsyncPolicy,
+    /// Publishes in flight before waiting for the broker's acknowledgements.
+    #[serde(default = "default_window")]
+    pub window: usize,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_prefix() -> String {
+    "edge-kd".into()
+}
+fn default_keepalive() -> u64 {
+    30
+}
+fn default_window() -> usize {
+    32
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewConfig {
+    pub dir: PathBuf,
+    /// Oldest review frames are deleted beyond this count...
+    #[serde(default = "default_review_files")]
+    pub max_files: usize,
+    /// ...or beyond this many bytes in all.
+    #[serde(default = "default_review_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_review_files() -> usize {
+    10_000
+}
+fn default_review_bytes() -> u64 {
+    1 << 30
+}
+
+/// What kind of source a `[[source]]` table is, once validated.
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    Camera(CameraConfig),
+    Folder(FolderConfig),
+    Upload,
+    Synthetic(SyntheticConfig),
+}
+
+impl SourceConfig {
+    pub fn kind(&self) -> SourceKind {
+        match (&self.camera, &self.folder, &self.synthetic) {
+            (Some(c), _, _) => SourceKind::Camera(c.clone()),
+            (None, Some(f), _) => SourceKind::Folder(f.clone()),
+            (None, None, Some(s)) => SourceKind::Synthetic(s.clone()),
+            (None, None, None) => SourceKind::Upload,
+        }
+    }
+
+    pub fn drop_policy(&self) -> DropPolicy {
+        let unpaced = self.synthetic.as_ref().is_some_and(|s| s.fps == 0.0);
+        let default =
+            if self.folder.is_some() || unpaced { DropPolicy::Block } else { DropPolicy::DropOldest };
+        self.drop.unwrap_or(default)
+    }
+
+    pub fn engine_kind(&self) -> EngineKind {
+        self.engine.parse().unwrap_or(EngineKind::Tract)
+    }
+}
+
+impl ServeConfig {
+    pub fn load(path: &Path) -> Result<ServeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut config: ServeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string().trim_end().into(),
+        })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            message,
+        })?;
+        if config.box_.id.is_empty() {
+            config.box_.id = host_name();
+        }
+        Ok(config)
+    }
+
+    pub fn shutdown_drain(&self) -> Duration {
+        Duration::from_millis(self.box_.shutdown_drain_ms)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: String, message: &str| Err((key, message.to_string()));
+        if !self.box_.id.is_empty() && !is_topic_safe(&self.box_.id) {
+            return bad(
+                "box.id".into(),
+                "use only letters, digits, '-', '_' and '.' (it becomes an MQTT topic level)",
+            );
+        }
+        if self.sources.is_empty() {
+            return bad("source".into(), "no [[source]] configured: add a camera, folder or http source");
+        }
+        if self.http.max_body_bytes == 0 {
+            return bad("http.max_body_bytes".into(), "must be > 0");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let key = |field: &str| format!("source[{i}].{field}");
+            if !is_topic_safe(&s.name) {
+                return bad(
+                    key("name"),
+                    "use only letters, digits, '-', '_' and '.' (it becomes an MQTT topic level)",
+                );
+            }
+            if !names.insert(s.name.as_str()) {
+                return bad(key("name"), &format!("{:?} is used by an earlier source", s.name));
+            }
+            let key = |field: &str| format!("source[{i}] ({}).{field}", s.name);
+            let kinds = [s.camera.is_some(), s.folder.is_some(), s.http.is_some()];
+            match kinds.iter().filter(|&&k| k).count() {
+                1 => {}
+                0 => {
+                    return bad(
+                        key("camera|folder|http"),
+                        "say what feeds this source: a camera, folder or http table",
+                    );
+                }
+                _ => {
+                    return bad(
+                        key("camera|folder|http"),
+                        "a source has exactly one of camera, folder or http",
+                    );
+                }
+            }
+            if let Err(message) = s.engine.parse::<EngineKind>() {
+                return bad(key("engine"), &message);
+            }
+            for (field, value) in
+                [("threads", s.threads), ("workers", s.workers), ("queue", s.queue), ("top_k", s.top_k)]
+            {
+                if value == 0 {
+                    return bad(key(field), "must be > 0");
+                }
+            }
+            if let Some(t) = s.threshold
+                && !(0.0..=1.0).contains(&t)
+            {
+                return bad(key("threshold"), "must be a probability between 0 and 1");
+            }
+            if let Some(pin) = &s.model_sha256
+                && (pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return bad(key("model_sha256"), "must be 64 hex digits (sha256sum's output)");
+            }
+            if s.model_sha256.is_some() && s.model.is_none() {
+                return bad(key("model_sha256"), "pins a model file, but no `model` is set");
+            }
+            if let Some(c) = &s.camera {
+                c.validate().map_err(|m| (key("camera"), m))?;
+            }
+            if (s.camera.is_some() || s.http.is_some()) && s.drop == Some(DropPolicy::Block) {
+                return bad(key("drop"), "only folder sources block; use drop-oldest or drop-newest");
+            }
+            if let Some(f) = &s.folder {
+                match (f.after, &f.move_to) {
+                    (AfterProcessing::Move, None) => {
+                        return bad(key("folder.move_to"), "after = \"move\" needs a move_to folder");
+                    }
+                    (AfterProcessing::Keep | AfterProcessing::Delete, Some(_)) => {
+                        return bad(key("folder.move_to"), "only used with after = \"move\"");
+                    }
+                    _ => {}
+                }
+                if s.drop.is_some_and(|d| d != DropPolicy::Block) {
+                    return bad(
+                        key("drop"),
+                        "a folder source only blocks: dropping would skip files for good",
+                    );
+                }
+            }
+        }
+        if let Some(j) = &self.sinks.jsonl {
+            if j.fsync == FsyncPolicy::Interval && j.fsync_interval_ms == 0 {
+                return bad("sinks.jsonl.fsync_interval_ms".into(), "must be > 0 with fsync = \"interval\"");
+            }
+            if j.rotate_bytes > 0 && j.keep == 0 {
+                return bad("sinks.jsonl.keep".into(), "must be > 0 when rotate_bytes is set");
+            }
+        }
+        if let Some(m) = &self.sinks.mqtt {
+            if m.host.is_empty() {
+                return bad("sinks.mqtt.host".into(), "must not be empty");
+            }
+            if m.topic_prefix.is_empty() || m.topic_prefix.contains(['#', '+']) {
+                return bad("sinks.mqtt.topic_prefix".into(), "must be non-empty, without MQTT wildcards");
+            }
+            if m.window == 0 {
+                return bad("sinks.mqtt.window".into(), "must be > 0");
+            }
+            if m.keepalive_s < 5 {
+                return bad("sinks.mqtt.keepalive_s".into(), "must be at least 5 seconds");
+            }
+            if m.password_file.is_some() && m.username.is_none() {
+                return bad("sinks.mqtt.password_file".into(), "needs a username");
+            }
+        }
+        if let Some(r) = &self.sinks.review
+            && (r.max_files == 0 || r.max_bytes == 0)
+        {
+            return bad("sinks.review.max_files".into(), "max_files and max_bytes must be > 0");
+        }
+        Ok(())
+    }
+}
+
+fn is_topic_safe(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let cleaned: String = raw
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect();
+    if cleaned.is_empty() { "box".into() } else { cleaned }
+}

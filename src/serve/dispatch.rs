@@ -1,0 +1,232 @@
+//! The one thread that writes results to the sinks, in the order workers finish them.
+//! A folder file is moved or deleted, and an upload answered, only after its result is
+//! written; a sink that fails keeps its lines in memory and retries, so no result is lost.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::config::{AfterProcessing, FolderConfig};
+use super::job::{Finished, ReplyOk};
+use super::metrics::Metrics;
+use crate::decide::Verdict;
+use crate::sink::jsonl::JsonlSink;
+use crate::sink::review::ReviewSink;
+use crate::sink::spool::Spool;
+
+/// The most recent results, for `/results/latest`.
+pub struct Latest {
+    keep: usize,
+    lines: Mutex<VecDeque<(usize, Arc<String>)>>,
+}
+
+impl Latest {
+    pub fn new(keep: usize) -> Self {
+        Latest { keep: keep.max(1), lines: Mutex::new(VecDeque::new()) }
+    }
+
+    fn push(&self, source: usize, json: Arc<String>) {
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() == self.keep {
+            lines.pop_front();
+        }
+        lines.push_back((source, json));
+    }
+
+    /// Newest first.
+    pub fn get(&self, n: usize, source: Option<usize>) -> Vec<Arc<String>> {
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines
+            .iter()
+            .rev()
+            .filter(|(s, _)| source.is_none_or(|want| *s == want))
+            .take(n)
+            .map(|(_, j)| j.clone())
+            .collect()
+    }
+}
+
+pub struct MqttQueue {
+    pub spool: Arc<Mutex<Spool>>,
+    pub appended: Arc<Notify>,
+    /// The result topic of each source.
+    pub topics: Vec<String>,
+}
+
+pub struct Dispatcher {
+    pub rx: Receiver<Finished>,
+    pub jsonl: Option<JsonlSink>,
+    pub mqtt: Option<MqttQueue>,
+    pub review: Option<ReviewSink>,
+    pub folders: Vec<Option<FolderConfig>>,
+    pub latest: Arc<Latest>,
+    pub metrics: Arc<Metrics>,
+    pending_jsonl: VecDeque<String>,
+    pending_mqtt: VecDeque<(usize, String)>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        rx: Receiver<Finished>,
+        jsonl: Option<JsonlSink>,
+        mqtt: Option<MqttQueue>,
+        review: Option<ReviewSink>,
+        folders: Vec<Option<FolderConfig>>,
+        latest: Arc<Latest>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Dispatcher {
+            rx,
+            jsonl,
+            mqtt,
+            review,
+            folders,
+            latest,
+            metrics,
+            pending_jsonl: VecDeque::new(),
+            pending_mqtt: VecDeque::new(),
+        }
+    }
+
+    /// Runs until every worker is gone, then flushes.
+    pub fn run(mut self) {
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(finished) => self.handle(finished),
+                Err(RecvTimeoutError::Timeout) => self.idle(),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.idle();
+        if let Some(j) = &mut self.jsonl
+            && let Err(e) = j.flush()
+        {
+            tracing::error!("{e}");
+        }
+        if let Some(m) = &self.mqtt
+            && let Ok(mut spool) = m.spool.lock()
+            && let Err(e) = spool.sync()
+        {
+            tracing::error!("{e}");
+        }
+        for line in &self.pending_jsonl {
+            // The file refused them to the end; the log is the last place they can go.
+            tracing::error!("result not written to the JSONL file: {line}");
+        }
+        for (_, line) in &self.pending_mqtt {
+            tracing::error!("result not written to the MQTT spool: {line}");
+        }
+    }
+
+    fn handle(&mut self, finished: Finished) {
+        let Finished { source, mut line, review, file, reply, .. } = finished;
+        if let Some(m) = &self.mqtt {
+            let spool = m.spool.lock().unwrap_or_else(|p| p.into_inner());
+            line.seq = Some(spool.next_seq() + self.pending_mqtt.len() as u64);
+        }
+        let json = Arc::new(line.to_json());
+        if self.jsonl.is_some() {
+            self.pending_jsonl.push_back(json.to_string());
+        }
+        if self.mqtt.is_some() {
+            self.pending_mqtt.push_back((source, json.to_string()));
+        }
+        let durable = self.write_pending();
+        if let (Some(sink), Some(image), Some(Verdict::Review)) = (&mut self.review, &review, line.verdict())
+        {
+            match sink.save(line.ts_ms, &line.source, line.label().unwrap_or("none"), image, &json) {
+                Ok(_) => {
+                    self.metrics.sinks.review_saved.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    self.metrics.sinks.review_errors.fetch_add(1, Relaxed);
+                    tracing::error!("{e}");
+                }
+            }
+        }
+        self.latest.push(source, json.clone());
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(ReplyOk { json, decided: line.verdict().is_some() }));
+        }
+        if let Some(path) = file {
+            if durable {
+                self.after_processing(source, &path);
+            } else {
+                tracing::warn!(
+                    "{}: kept in place: its result is not yet written to every sink",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    fn idle(&mut self) {
+        self.write_pending();
+        if let Some(j) = &mut self.jsonl
+            && let Err(e) = j.tick()
+        {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Writes what is waiting; true when nothing is left waiting.
+    fn write_pending(&mut self) -> bool {
+        if let Some(sink) = &mut self.jsonl {
+            while let Some(line) = self.pending_jsonl.front() {
+                match sink.write(line) {
+                    Ok(()) => {
+                        self.pending_jsonl.pop_front();
+                        self.metrics.sinks.jsonl_lines.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        self.metrics.sinks.jsonl_errors.fetch_add(1, Relaxed);
+                        tracing::error!("{e} ({} results waiting)", self.pending_jsonl.len());
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(m) = &self.mqtt {
+            let mut spool = m.spool.lock().unwrap_or_else(|p| p.into_inner());
+            let mut appended = false;
+            while let Some((source, line)) = self.pending_mqtt.front() {
+                match spool.append(&m.topics[*source], line) {
+                    Ok(_) => {
+                        self.pending_mqtt.pop_front();
+                        self.metrics.sinks.mqtt_spooled.fetch_add(1, Relaxed);
+                        appended = true;
+                    }
+                    Err(e) => {
+                        tracing::error!("{e} ({} results waiting)", self.pending_mqtt.len());
+                        break;
+                    }
+                }
+            }
+            self.metrics.sinks.mqtt_pending.store(spool.pending(), Relaxed);
+            if appended {
+                m.appended.notify_one();
+            }
+        }
+        self.pending_jsonl.is_empty() && self.pending_mqtt.is_empty()
+    }
+
+    fn after_processing(&self, source: usize, path: &Path) {
+        let Some(folder) = self.folders.get(source).and_then(Option::as_ref) else { return };
+        let result = match folder.after {
+            AfterProcessing::Keep => return,
+            AfterProcessing::Delete => std::fs::remove_file(path),
+            AfterProcessing::Move => match (&folder.move_to, path.file_name()) {
+                (Some(dir), Some(name)) => std::fs::rename(path, dir.join(name)),
+                _ => return,
+            },
+        };
+        if let Err(e) = result {
+            tracing::warn!("{}: processed, but cannot {:?} it: {e}", path.display(), folder.after);
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The HTTP API: `/healthz`, `/readyz`, `/metrics`, `POST /infer`, `/results/latest`.
+//! Errors are JSON (`{"error": ..., "status": ...}`) with a matching status code.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use super::dispatch::Latest;
+use super::job::{Job, Payload};
+use super::metrics::Metrics;
+use super::queue::{BoundedQueue, Pushed};
+
+pub struct SourceHandle {
+    pub name: String,
+    pub queue: Arc<BoundedQueue<Job>>,
+    /// Accepts uploads (`http = {}` in its table).
+    pub uploads: bool,
+}
+
+pub struct ApiState {
+    pub sources: Vec<SourceHandle>,
+    pub metrics: Arc<Metrics>,
+    pub latest: Arc<Latest>,
+    pub token: Option<String>,
+}
+
+/// How long an upload waits for its verdict before the client is told to retry.
+const INFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/infer", post(infer))
+        .route("/results/latest", get(latest))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint (see /healthz, /readyz, /metrics, /infer, /results/latest)",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message, "status": self.status.as_u16() });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else { return Ok(()) };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token")),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs `Authorization: Bearer <token>`",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+    let mut ready = true;
+    let mut sources = serde_json::Map::new();
+    for s in &state.metrics.sources {
+        let up = s.up.load(Relaxed);
+        ready &= up;
+        sources.insert(s.name.clone(), serde_json::json!({ "up": up, "state": s.state() }));
+    }
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({ "ready": ready, "sources": sources }))).into_response()
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    for (s, m) in state.sources.iter().zip(&state.metrics.sources) {
+        m.queue_depth.store(s.queue.len() as u64, Relaxed);
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response())
+}
+
+#[derive(Deserialize)]
+struct InferQuery {
+    source: Option<String>,
+}
+
+async fn infer(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    query: Result<Query<InferQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let body = body.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "upload larger than http.max_body_bytes")
+        } else {
+            ApiError::new(status, e.body_text())
+        }
+    })?;
+    if body.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty body: send the image bytes (curl --data-binary @frame.png)",
+        ));
+    }
+    let uploads: Vec<usize> = (0..state.sources.len()).filter(|&i| state.sources[i].uploads).collect();
+    let index = match &query.source {
+        Some(name) => state.sources.iter().position(|s| &s.name == name && s.uploads).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no upload source named {name:?} (configured with http = {{}})"),
+            )
+        })?,
+        None if uploads.len() == 1 => uploads[0],
+        None if uploads.is_empty() => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no source accepts uploads: add one with http = {} to the config",
+            ));
+        }
+        None => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "several upload sources: say which with ?source=NAME",
+            ));
+        }
+    };
+    let source = &state.sources[index];
+    let (tx, rx) = oneshot::channel();
+    let job = Job::new(index, "upload".into(), Payload::Encoded(body.to_vec()), Some(tx));
+    match source.queue.push(job) {
+        Pushed::Queued => {}
+        Pushed::DroppedOldest(old) => {
+            state.metrics.sources[index].dropped.fetch_add(1, Relaxed);
+            old.refuse("dropped: a newer upload took its place in the full queue");
+        }
+        Pushed::Refused(_) => {
+            state.metrics.sources[index].dropped.fetch_add(1, Relaxed);
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue full or shutting down: retry later",
+            ));
+        }
+    }
+    match tokio::time::timeout(INFER_TIMEOUT, rx).await {
+        Ok(Ok(Ok(reply))) => {
+            let status = if reply.decided { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+            Ok((status, [(header::CONTENT_TYPE, "application/json")], reply.json.to_string()).into_response())
+        }
+        Ok(Ok(Err(why))) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)),
+        Ok(Err(_)) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the daemon stopped before deciding"))
+        }
+        Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "no verdict within 30 s")),
+    }
+}
+
+#[derive(Deserialize)]
+struct LatestQuery {
+    n: Option<usize>,
+    source: Option<String>,
+}
+
+async fn latest(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    query: Result<Query<LatestQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let source =
+        match &query.source {
+            Some(name) => {
+                Some(state.sources.iter().position(|s| &s.name == name).ok_or_else(|| {
+                    ApiError::new(StatusCode::NOT_FOUND, format!("no source named {name:?}"))
+                })?)
+            }
+            None => None,
+        };
+    let lines = state.latest.get(query.n.unwrap_or(1).clamp(1, 1000), source);
+    let body = format!("[{}]", lines.iter().map(|l| l.as_str()).collect::<Vec<_>>().join(","));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}

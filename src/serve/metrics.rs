@@ -1,0 +1,297 @@
+//! What `/metrics` exports, in the Prometheus text format. Counters are atomics so the
+//! frame path never waits on a scrape; only the per-label maps take a short lock.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the frame latency histogram: sub-millisecond students up
+/// to 224-px models on a small ARM core.
+const LATENCY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5];
+
+#[derive(Default)]
+pub struct SourceMetrics {
+    pub name: String,
+    pub frames: AtomicU64,
+    pub dropped: AtomicU64,
+    pub errors: AtomicU64,
+    pub queue_depth: AtomicU64,
+    pub up: AtomicBool,
+    state: Mutex<String>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_sum_us: AtomicU64,
+    latency_count: AtomicU64,
+    verdicts: Mutex<BTreeMap<(String, &'static str), u64>>,
+    reloads: Mutex<BTreeMap<&'static str, u64>>,
+    model: Mutex<(String, String)>,
+}
+
+impl SourceMetrics {
+    pub fn new(name: &str) -> Self {
+        SourceMetrics { name: name.into(), ..Default::default() }
+    }
+
+    pub fn set_state(&self, up: bool, state: impl Into<String>) {
+        self.up.store(up, Relaxed);
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state.into();
+    }
+
+    pub fn state(&self) -> String {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A frame decided: its end-to-end latency (queue wait included) and verdict.
+    pub fn observe(&self, latency: Duration, label: &str, verdict: &'static str) {
+        self.frames.fetch_add(1, Relaxed);
+        let secs = latency.as_secs_f64();
+        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+            if secs <= bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_sum_us.fetch_add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.latency_count.fetch_add(1, Relaxed);
+        let mut verdicts = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        match verdicts.get_mut(&(label.to_string(), verdict)) {
+            Some(n) => *n += 1,
+            None => {
+                verdicts.insert((label.to_string(), verdict), 1);
+            }
+        }
+    }
+
+    pub fn reload(&self, result: &'static str) {
+        *self.reloads.lock().unwrap_or_else(|p| p.into_inner()).entry(result).or_default() += 1;
+    }
+
+    pub fn set_model(&self, name: &str, sha256: &str) {
+        *self.model.lock().unwrap_or_else(|p| p.into_inner()) = (name.into(), sha256.into());
+    }
+}
+
+#[derive(Default)]
+pub struct SinkMetrics {
+    pub jsonl_lines: AtomicU64,
+    pub jsonl_errors: AtomicU64,
+    pub mqtt_connected: AtomicBool,
+    pub mqtt_published: AtomicU64,
+    pub mqtt_spooled: AtomicU64,
+    pub mqtt_pending: AtomicU64,
+    pub mqtt_errors: AtomicU64,
+    pub review_saved: AtomicU64,
+    pub review_errors: AtomicU64,
+}
+
+pub struct Metrics {
+    pub sources: Vec<SourceMetrics>,
+    pub sinks: SinkMetrics,
+}
+
+impl Metrics {
+    pub fn new(source_names: &[String]) -> Self {
+        Metrics {
+            sources: source_names.iter().map(|n| SourceMetrics::new(n)).collect(),
+            sinks: SinkMetrics::default(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let counters: [(&str, &str, Getter); 3] = [
+            ("edge_kd_frames_total", "Frames decided.", |s| s.frames.load(Relaxed)),
+            ("edge_kd_dropped_total", "Frames dropped because the source's queue was full.", |s| {
+                s.dropped.load(Relaxed)
+            }),
+            ("edge_kd_errors_total", "Frames that could not be decided (bad image, engine error).", |s| {
+                s.errors.load(Relaxed)
+            }),
+        ];
+        for (name, help, get) in counters {
+            header(&mut out, name, help, "counter");
+            for s in &self.sources {
+                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", esc(&s.name), get(s));
+            }
+        }
+        header(&mut out, "edge_kd_queue_depth", "Frames waiting for a worker.", "gauge");
+        for s in &self.sources {
+            let _ = writeln!(
+                out,
+                "edge_kd_queue_depth{{source=\"{}\"}} {}",
+                esc(&s.name),
+                s.queue_depth.load(Relaxed)
+            );
+        }
+        header(
+            &mut out,
+            "edge_kd_source_up",
+            "1 when the source delivers frames (camera streaming, folder watched).",
+            "gauge",
+        );
+        for s in &self.sources {
+            let _ = writeln!(
+                out,
+                "edge_kd_source_up{{source=\"{}\",state=\"{}\"}} {}",
+                esc(&s.name),
+                esc(&s.state()),
+                u8::from(s.up.load(Relaxed))
+            );
+        }
+        header(
+            &mut out,
+            "edge_kd_frame_latency_seconds",
+            "From a frame's arrival to its verdict.",
+            "histogram",
+        );
+        for s in &self.sources {
+            let src = esc(&s.name);
+            for (bucket, bound) in s.latency_buckets.iter().zip(LATENCY_BUCKETS) {
+                let _ = writeln!(
+                    out,
+                    "edge_kd_frame_latency_seconds_bucket{{source=\"{src}\",le=\"{bound}\"}} {}",
+                    bucket.load(Relaxed)
+                );
+            }
+            let count = s.latency_count.load(Relaxed);
+            let _ =
+                writeln!(out, "edge_kd_frame_latency_seconds_bucket{{source=\"{src}\",le=\"+Inf\"}} {count}");
+            let sum = s.latency_sum_us.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "edge_kd_frame_latency_seconds_sum{{source=\"{src}\"}} {sum}");
+            let _ = writeln!(out, "edge_kd_frame_latency_seconds_count{{source=\"{src}\"}} {count}");
+        }
+        header(&mut out, "edge_kd_verdicts_total", "Decided frames by label and verdict.", "counter");
+        for s in &self.sources {
+            for ((label, verdict), n) in s.verdicts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let _ = writeln!(
+                    out,
+                    "edge_kd_verdicts_total{{source=\"{}\",label=\"{}\",verdict=\"{verdict}\"}} {n}",
+                    esc(&s.name),
+                    esc(label)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "edge_kd_model_reloads_total",
+            "Model reloads by result (ok, refused, failed).",
+            "counter",
+        );
+        for s in &self.sources {
+            for (result, n) in s.reloads.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let _ = writeln!(
+                    out,
+                    "edge_kd_model_reloads_total{{source=\"{}\",result=\"{result}\"}} {n}",
+                    esc(&s.name)
+                );
+            }
+        }
+        header(&mut out, "edge_kd_model_info", "The model each source serves.", "gauge");
+        for s in &self.sources {
+            let (name, sha) = s.model.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let _ = writeln!(
+                out,
+                "edge_kd_model_info{{source=\"{}\",model=\"{}\",sha256=\"{}\"}} 1",
+                esc(&s.name),
+                esc(&name),
+                esc(&sha)
+            );
+        }
+        let k = &self.sinks;
+        let sink_values: [(&str, &str, &str, u64); 9] = [
+            (
+                "edge_kd_jsonl_lines_total",
+                "Result lines appended to the JSONL file.",
+                "counter",
+                k.jsonl_lines.load(Relaxed),
+            ),
+            (
+                "edge_kd_jsonl_errors_total",
+                "Failed JSONL writes (the result is kept in memory and retried).",
+                "counter",
+                k.jsonl_errors.load(Relaxed),
+            ),
+            (
+                "edge_kd_mqtt_connected",
+                "1 while connected to the MQTT broker.",
+                "gauge",
+                u64::from(k.mqtt_connected.load(Relaxed)),
+            ),
+            (
+                "edge_kd_mqtt_published_total",
+                "Results the broker acknowledged (QoS 1).",
+                "counter",
+                k.mqtt_published.load(Relaxed),
+            ),
+            (
+                "edge_kd_mqtt_spooled_total",
+                "Results written to the MQTT spool.",
+                "counter",
+                k.mqtt_spooled.load(Relaxed),
+            ),
+            (
+                "edge_kd_mqtt_spool_pending",
+                "Results in the spool not yet acknowledged by the broker.",
+                "gauge",
+                k.mqtt_pending.load(Relaxed),
+            ),
+            ("edge_kd_mqtt_errors_total", "MQTT connection errors.", "counter", k.mqtt_errors.load(Relaxed)),
+            (
+                "edge_kd_review_frames_total",
+                "Frames saved for review.",
+                "counter",
+                k.review_saved.load(Relaxed),
+            ),
+            (
+                "edge_kd_review_errors_total",
+                "Review frames that could not be saved.",
+                "counter",
+                k.review_errors.load(Relaxed),
+            ),
+        ];
+        for (name, help, kind, value) in sink_values {
+            header(&mut out, name, help, kind);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        out
+    }
+}
+
+/// Reads one counter of a source.
+type Getter = fn(&SourceMetrics) -> u64;
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Label values escaped as the exposition format requires.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_labels_are_escaped() {
+        let m = Metrics::new(&["cam\"0".to_string()]);
+        m.sources[0].observe(Duration::from_micros(800), "ok", "accept");
+        m.sources[0].observe(Duration::from_millis(30), "ok", "review");
+        let text = m.render();
+        assert!(
+            text.contains(r#"edge_kd_frame_latency_seconds_bucket{source="cam\"0",le="0.001"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"edge_kd_frame_latency_seconds_bucket{source="cam\"0",le="0.05"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"edge_kd_frame_latency_seconds_count{source="cam\"0"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"edge_kd_verdicts_total{source="cam\"0",label="ok",verdict="review"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"edge_kd_frames_total{source="cam\"0"} 2"#), "{text}");
+    }
+}

@@ -1,0 +1,171 @@
+//! An inference worker: takes jobs from its source's queue, classifies them with its own
+//! engine, and hands each result to the dispatcher. It picks up a reloaded model between
+//! frames, never during one.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use image::ImageEncoder;
+
+use super::job::{Finished, Job, Payload};
+use super::metrics::Metrics;
+use super::model_slot::{Loaded, ModelSlot};
+use super::queue::BoundedQueue;
+use crate::classify::{Classifier, InputError, Outcome};
+use crate::preprocess::{Frame, PixelFormat, Samples};
+use crate::sink::review::ReviewImage;
+use crate::sink::{ResultBody, ResultLine};
+use crate::source::camera;
+
+pub struct Worker {
+    pub source: usize,
+    pub source_name: String,
+    pub queue: Arc<BoundedQueue<Job>>,
+    pub slot: Arc<ModelSlot>,
+    pub out: Sender<Finished>,
+    pub metrics: Arc<Metrics>,
+    /// Keep the frame of `review` verdicts for the review sink.
+    pub keep_review_frames: bool,
+}
+
+struct Current {
+    generation: u64,
+    loaded: Arc<Loaded>,
+    classifier: Classifier,
+}
+
+impl Worker {
+    pub fn run(self) {
+        let mut current = match self.slot.classifier() {
+            Ok((generation, loaded, classifier)) => Current { generation, loaded, classifier },
+            Err(e) => {
+                // The slot ran this model at start, so this is unexpected; say so and
+                // leave the frames to the other workers rather than losing them here.
+                tracing::error!("source {}: worker cannot start: {e}", self.source_name);
+                return;
+            }
+        };
+        let mut rgb = Vec::new();
+        loop {
+            let Some(job) = self.queue.pop(Duration::from_millis(250)) else {
+                if self.queue.is_closed_and_empty() {
+                    return;
+                }
+                continue;
+            };
+            self.metrics.sources[self.source].queue_depth.store(self.queue.len() as u64, Relaxed);
+            if self.slot.generation() != current.generation {
+                match self.slot.classifier() {
+                    Ok((generation, loaded, classifier)) => {
+                        current = Current { generation, loaded, classifier }
+                    }
+                    Err(e) => tracing::error!("source {}: keeping the previous model: {e}", self.source_name),
+                }
+            }
+            let finished = self.process(job, &mut current, &mut rgb);
+            if self.out.send(finished).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn process(&self, job: Job, current: &mut Current, rgb: &mut Vec<u8>) -> Finished {
+        let Job { source, name, ts_ms, arrived, payload, reply } = job;
+        let mut review_bytes: Option<ReviewImage> = None;
+        let mut camera_frame = None;
+        let mut file = None;
+        let outcome: Result<Outcome, String> = match payload {
+            Payload::File(path) => {
+                let read = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"));
+                file = Some(path);
+                read.and_then(|bytes| {
+                    let outcome = current.classifier.classify_encoded(&bytes).map_err(|e| e.to_string());
+                    review_bytes = Some(ReviewImage { extension: extension_of(&bytes), bytes });
+                    outcome
+                })
+            }
+            Payload::Encoded(bytes) => {
+                let outcome = current.classifier.classify_encoded(&bytes).map_err(|e| e.to_string());
+                review_bytes = Some(ReviewImage { extension: extension_of(&bytes), bytes });
+                outcome
+            }
+            Payload::Camera(raw) => {
+                classify_camera(&mut current.classifier, &raw, rgb).map(|(outcome, format)| {
+                    camera_frame = Some((raw.width, raw.height, format));
+                    outcome
+                })
+            }
+        };
+        let engine = current.classifier.engine_kind().as_str();
+        let (body, sha) = match &outcome {
+            Ok(o) => (
+                ResultBody::decided(o, current.classifier.labels(), engine),
+                Some(current.loaded.sha256.clone()),
+            ),
+            Err(e) => (ResultBody::Failed { error: e.clone() }, None),
+        };
+        let line = ResultLine {
+            seq: None,
+            ts_ms,
+            source: self.source_name.clone(),
+            file: name,
+            body,
+            model_sha256: sha,
+        };
+        let elapsed = arrived.elapsed();
+        let m = &self.metrics.sources[source];
+        match (line.label(), line.verdict()) {
+            (Some(label), Some(verdict)) => m.observe(elapsed, label, verdict.as_str()),
+            _ => {
+                m.errors.fetch_add(1, Relaxed);
+            }
+        }
+        let is_review = line.verdict() == Some(crate::decide::Verdict::Review);
+        let review = if self.keep_review_frames && is_review {
+            review_bytes.or_else(|| camera_frame.and_then(|(w, h, f)| png_of(rgb, w, h, f)))
+        } else {
+            None
+        };
+        Finished { source, line, elapsed, review, file, reply }
+    }
+}
+
+fn classify_camera(
+    classifier: &mut Classifier,
+    raw: &camera::RawFrame,
+    rgb: &mut Vec<u8>,
+) -> Result<(Outcome, PixelFormat), String> {
+    let start = Instant::now();
+    let format = camera::convert(raw, rgb).map_err(|e| e.to_string())?;
+    let frame =
+        Frame { width: raw.width as usize, height: raw.height as usize, format, samples: Samples::U8(rgb) };
+    let decision = classifier.classify_frame(&frame).map_err(|e: InputError| e.to_string())?;
+    Ok((Outcome { decision, latency: start.elapsed() }, format))
+}
+
+/// Camera frames are only encoded when a person will look at them.
+fn png_of(pixels: &[u8], width: u32, height: u32, format: PixelFormat) -> Option<ReviewImage> {
+    let color = match format {
+        PixelFormat::Gray => image::ExtendedColorType::L8,
+        PixelFormat::Rgb => image::ExtendedColorType::Rgb8,
+        PixelFormat::Rgba => image::ExtendedColorType::Rgba8,
+        PixelFormat::GrayAlpha => image::ExtendedColorType::La8,
+    };
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(Cursor::new(&mut png))
+        .write_image(pixels, width, height, color)
+        .ok()?;
+    Some(ReviewImage { bytes: png, extension: "png" })
+}
+
+fn extension_of(bytes: &[u8]) -> &'static str {
+    match image::guess_format(bytes) {
+        Ok(image::ImageFormat::Png) => "png",
+        Ok(image::ImageFormat::Jpeg) => "jpg",
+        Ok(image::ImageFormat::Bmp) => "bmp",
+        _ => "bin",
+    }
+}

@@ -1,0 +1,323 @@
+//! The MQTT spool: every result is appended here before it is published, and stays until
+//! the broker acknowledged it, so neither a broker outage nor a daemon restart loses one.
+//!
+//! On disk: segment files `<first seq, 20 digits>.spool` holding lines `topic\tpayload\n`
+//! (JSON escapes tabs and newlines, topics are checked to hold none), and `acked`, the
+//! first sequence number not yet acknowledged, replaced atomically by rename.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::serve::config::FsyncPolicy;
+
+/// A segment is closed at this size; fully acknowledged segments are deleted whole.
+const SEGMENT_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+#[error("MQTT spool {path}: {message}")]
+pub struct SpoolError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+pub struct SpoolEntry {
+    pub seq: u64,
+    pub topic: String,
+    pub payload: String,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    fsync: FsyncPolicy,
+    /// First seq of each segment, ascending; the last one is appended to.
+    segments: Vec<u64>,
+    writer: File,
+    writer_bytes: u64,
+    next_seq: u64,
+    acked: u64,
+    /// Where the last read stopped: (seq of the next line, segment, byte offset), so
+    /// reading in order does not rescan segments.
+    cursor: Option<(u64, u64, u64)>,
+}
+
+impl Spool {
+    pub fn open(dir: &Path, fsync: FsyncPolicy) -> Result<Spool, SpoolError> {
+        let err = |message: String| SpoolError { path: dir.to_owned(), message };
+        std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create: {e}")))?;
+        let mut segments = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| err(format!("cannot list: {e}")))? {
+            let name = entry.map_err(|e| err(e.to_string()))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".spool")
+                && let Ok(seq) = stem.parse::<u64>()
+            {
+                segments.push(seq);
+            }
+        }
+        segments.sort_unstable();
+        if segments.is_empty() {
+            segments.push(0);
+        }
+        let last = *segments.last().unwrap_or(&0);
+        let last_path = segment_path(dir, last);
+        let (lines, complete_bytes) = count_complete_lines(&last_path).map_err(&err)?;
+        let writer = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&last_path)
+            .map_err(|e| err(format!("{}: {e}", last_path.display())))?;
+        // A line cut short by a crash was never acknowledged to anyone: drop the fragment.
+        writer.set_len(complete_bytes).map_err(|e| err(e.to_string()))?;
+        let next_seq = last + lines;
+        let acked = match std::fs::read_to_string(dir.join("acked")) {
+            Ok(text) => {
+                text.trim().parse::<u64>().map_err(|_| err(format!("acked holds {text:?}, not a number")))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => segments[0],
+            Err(e) => return Err(err(format!("acked: {e}"))),
+        }
+        .clamp(segments[0], next_seq);
+        let mut spool = Spool {
+            dir: dir.to_owned(),
+            fsync,
+            segments,
+            writer,
+            writer_bytes: complete_bytes,
+            next_seq,
+            acked,
+            cursor: None,
+        };
+        spool.writer.seek(SeekFrom::End(0)).map_err(|e| err(e.to_string()))?;
+        spool.drop_acked_segments();
+        Ok(spool)
+    }
+
+    /// The seq the next appended line will get (to write it into the payload).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    pub fn pending(&self) -> u64 {
+        self.next_seq - self.acked
+    }
+
+    pub fn append(&mut self, topic: &str, payload: &str) -> Result<u64, SpoolError> {
+        debug_assert!(!topic.contains(['\t', '\n']) && !payload.contains('\n'));
+        if self.writer_bytes >= SEGMENT_BYTES {
+            self.roll()?;
+        }
+        let mut line = Vec::with_capacity(topic.len() + payload.len() + 2);
+        line.extend_from_slice(topic.as_bytes());
+        line.push(b'\t');
+        line.extend_from_slice(payload.as_bytes());
+        line.push(b'\n');
+        self.writer.write_all(&line).map_err(|e| self.error(format!("cannot append: {e}")))?;
+        if self.fsync == FsyncPolicy::Always {
+            self.writer.sync_data().map_err(|e| self.error(format!("fsync: {e}")))?;
+        }
+        self.writer_bytes += line.len() as u64;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if self.fsync != FsyncPolicy::Never {
+            self.writer.sync_data().map_err(|e| self.error(format!("fsync: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn roll(&mut self) -> Result<(), SpoolError> {
+        self.sync()?;
+        let path = segment_path(&self.dir, self.next_seq);
+        self.writer = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| self.error(format!("{}: {e}", path.display())))?;
+        self.segments.push(self.next_seq);
+        self.writer_bytes = 0;
+        Ok(())
+    }
+
+    /// Up to `max` entries from `from` on, in order.
+    pub fn read(&mut self, from: u64, max: usize) -> Result<Vec<SpoolEntry>, SpoolError> {
+        let from = from.max(self.acked);
+        let mut out = Vec::new();
+        if from >= self.next_seq || max == 0 {
+            return Ok(out);
+        }
+        let (mut seq, mut segment, mut offset) = match self.cursor {
+            Some((s, seg, off)) if s == from => (s, seg, off),
+            _ => {
+                let segment = *self.segments.iter().rev().find(|&&s| s <= from).unwrap_or(&self.segments[0]);
+                (segment, segment, 0)
+            }
+        };
+        while out.len() < max && seq < self.next_seq {
+            let path = segment_path(&self.dir, segment);
+            let mut file = File::open(&path).map_err(|e| self.error(format!("{}: {e}", path.display())))?;
+            file.seek(SeekFrom::Start(offset)).map_err(|e| self.error(e.to_string()))?;
+            let mut reader = BufReader::new(file);
+            let mut line = String::new();
+            let next_segment = self.segments.iter().copied().find(|&s| s > segment);
+            loop {
+                if out.len() >= max || seq >= self.next_seq || next_segment.is_some_and(|n| seq >= n) {
+                    break;
+                }
+                line.clear();
+                let n = reader
+                    .read_line(&mut line)
+                    .map_err(|e| self.error(format!("{}: {e}", path.display())))?;
+                if n == 0 || !line.ends_with('\n') {
+                    return Err(self.error(format!("{}: ends before entry {seq}", path.display())));
+                }
+                offset += n as u64;
+                if seq >= from {
+                    let text = line.trim_end_matches('\n');
+                    let (topic, payload) = text
+                        .split_once('\t')
+                        .ok_or_else(|| self.error(format!("{}: entry {seq} is damaged", path.display())))?;
+                    out.push(SpoolEntry { seq, topic: topic.into(), payload: payload.into() });
+                }
+                seq += 1;
+            }
+            match next_segment {
+                Some(n) if seq >= n => {
+                    segment = n;
+                    offset = 0;
+                }
+                _ => break,
+            }
+        }
+        self.cursor = Some((seq, segment, offset));
+        Ok(out)
+    }
+
+    /// Everything before `upto` reached the broker.
+    pub fn ack(&mut self, upto: u64) -> Result<(), SpoolError> {
+        let upto = upto.min(self.next_seq);
+        if upto <= self.acked {
+            return Ok(());
+        }
+        let tmp = self.dir.join("acked.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(upto.to_string().as_bytes())?;
+            if self.fsync == FsyncPolicy::Always {
+                f.sync_data()?;
+            }
+            std::fs::rename(&tmp, self.dir.join("acked"))
+        };
+        write().map_err(|e| self.error(format!("cannot record acknowledgement: {e}")))?;
+        self.acked = upto;
+        self.drop_acked_segments();
+        Ok(())
+    }
+
+    fn drop_acked_segments(&mut self) {
+        while self.segments.len() > 1 && self.segments[1] <= self.acked {
+            let path = segment_path(&self.dir, self.segments[0]);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("MQTT spool: cannot delete acknowledged {}: {e}", path.display());
+                return;
+            }
+            self.segments.remove(0);
+        }
+    }
+
+    fn error(&self, message: String) -> SpoolError {
+        SpoolError { path: self.dir.clone(), message }
+    }
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.spool"))
+}
+
+/// Complete lines in a segment and the bytes they span (a missing file has none).
+fn count_complete_lines(path: &Path) -> Result<(u64, u64), String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let lines = bytes[..complete].iter().filter(|&&b| b == b'\n').count() as u64;
+    Ok((lines, complete as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payloads(entries: &[SpoolEntry]) -> Vec<String> {
+        entries.iter().map(|e| e.payload.clone()).collect()
+    }
+
+    #[test]
+    fn survives_reopen_and_replays_only_what_was_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), FsyncPolicy::Never).unwrap();
+        for i in 0..5 {
+            assert_eq!(spool.append("t/a", &format!("{{\"i\":{i}}}")).unwrap(), i);
+        }
+        assert_eq!(payloads(&spool.read(0, 2).unwrap()), ["{\"i\":0}", "{\"i\":1}"]);
+        spool.ack(2).unwrap();
+        drop(spool);
+
+        let mut spool = Spool::open(dir.path(), FsyncPolicy::Never).unwrap();
+        assert_eq!((spool.acked(), spool.next_seq(), spool.pending()), (2, 5, 3));
+        let rest = spool.read(0, 10).unwrap();
+        assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(rest[0].topic, "t/a");
+        assert_eq!(spool.append("t/a", "x").unwrap(), 5);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), FsyncPolicy::Never).unwrap();
+        spool.append("t", "one").unwrap();
+        drop(spool);
+        let seg = segment_path(dir.path(), 0);
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(b"t\ttw").unwrap();
+        let mut spool = Spool::open(dir.path(), FsyncPolicy::Never).unwrap();
+        assert_eq!(spool.next_seq(), 1);
+        spool.append("t", "two").unwrap();
+        assert_eq!(payloads(&spool.read(0, 10).unwrap()), ["one", "two"]);
+    }
+
+    #[test]
+    fn segments_roll_and_acknowledged_ones_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), FsyncPolicy::Never).unwrap();
+        let big = "x".repeat(1 << 20);
+        for _ in 0..10 {
+            spool.append("t", &big).unwrap();
+        }
+        let count = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".spool"))
+                .count()
+        };
+        assert!(count() >= 3, "10 MiB must span several 4 MiB segments");
+        let all = spool.read(0, 100).unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+        spool.ack(10).unwrap();
+        assert_eq!(count(), 1, "only the segment being appended to stays");
+        drop(spool);
+        let spool = Spool::open(dir.path(), FsyncPolicy::Never).unwrap();
+        assert_eq!((spool.next_seq(), spool.pending()), (10, 0));
+    }
+}
