@@ -45,7 +45,7 @@ pub fn examine(ort_lib: Option<&Path>) -> DoctorReport {
         machine: Machine::detect(),
         engines,
         ort: OrtCheck { built: cfg!(feature = "ort"), located },
-        cameras: cameras(),
+        cameras: crate::source::camera::list_devices(),
         python: distill::find_python(None).map_err(|e| e.to_string()),
     }
 }
@@ -84,16 +84,4 @@ fn try_engine(kind: EngineKind, ort_lib: Option<&Path>) -> Result<String, String
         ));
     }
     Ok(detail)
-}
-
-fn cameras() -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/dev")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("video")))
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
 }

@@ -138,7 +138,12 @@ http = {{}}
 fn http_api_answers_with_json_and_guards_with_the_token_and_body_limit() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let daemon = Daemon::start(&upload_config(dir.path(), port, ""), port);
+    // Two sources, each with its own model: uploads are routed by ?source=.
+    let second = format!(
+        "[[source]]\nname = \"line2\"\nmodel = \"{}\"\nhttp = {{}}\n",
+        fixture("models/gray28.onnx").display()
+    );
+    let daemon = Daemon::start(&upload_config(dir.path(), port, &second), port);
     let token = Some("s3cret");
     let png = sample("0002-trouser.png");
 
@@ -157,24 +162,32 @@ fn http_api_answers_with_json_and_guards_with_the_token_and_body_limit() {
     assert_eq!(http(port, "GET", "/metrics", None, b"").unwrap().status, 401);
 
     let r = http(port, "POST", "/infer", token, &png).unwrap();
+    assert_eq!(r.status, 400, "two upload sources: which one? {}", r.body);
+    assert!(r.json()["error"].as_str().unwrap().contains("?source="));
+    let r = http(port, "POST", "/infer?source=line2", token, &png).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["source"], "line2");
+    assert!(r.json()["label"].as_str().unwrap().starts_with('c'), "gray28's labels are c0..c9");
+
+    let r = http(port, "POST", "/infer?source=line1", token, &png).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let result = r.json();
     assert_eq!((result["label"].as_str(), result["verdict"].as_str()), (Some("Trouser"), Some("accept")));
     assert_eq!(result["source"], "line1");
     assert_eq!(result["top"].as_array().unwrap().len(), 3);
 
-    let r = http(port, "POST", "/infer", token, &vec![0u8; 10_000]).unwrap();
+    let r = http(port, "POST", "/infer?source=line1", token, &vec![0u8; 10_000]).unwrap();
     assert_eq!(r.status, 413, "{}", r.body);
     assert!(r.json()["error"].as_str().unwrap().contains("max_body_bytes"));
-    let r = http(port, "POST", "/infer", token, b"GIF89a not a png").unwrap();
+    let r = http(port, "POST", "/infer?source=line1", token, b"GIF89a not a png").unwrap();
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(r.json()["error"].as_str().unwrap().contains("not a PNG, JPEG or BMP"));
     let r = http(port, "POST", "/infer?source=nope", token, &png).unwrap();
     assert_eq!(r.status, 404);
-    assert_eq!(http(port, "POST", "/infer", token, b"").unwrap().status, 400);
+    assert_eq!(http(port, "POST", "/infer?source=line1", token, b"").unwrap().status, 400);
     assert_eq!(http(port, "GET", "/nowhere", token, b"").unwrap().status, 404);
 
-    let latest = http(port, "GET", "/results/latest?n=5", token, b"").unwrap();
+    let latest = http(port, "GET", "/results/latest?n=5&source=line1", token, b"").unwrap();
     let latest = latest.json();
     assert_eq!(latest.as_array().unwrap().len(), 2, "newest first: the failed upload, then the trouser");
     assert!(latest[0]["error"].is_string());

@@ -383,21 +383,22 @@ impl ServeConfig {
                 return bad(key("name"), &format!("{:?} is used by an earlier source", s.name));
             }
             let key = |field: &str| format!("source[{i}] ({}).{field}", s.name);
-            let kinds = [s.camera.is_some(), s.folder.is_some(), s.http.is_some()];
+            let kinds = [s.camera.is_some(), s.folder.is_some(), s.http.is_some(), s.synthetic.is_some()];
+            let feeds = "camera|folder|http|synthetic";
             match kinds.iter().filter(|&&k| k).count() {
                 1 => {}
                 0 => {
                     return bad(
-                        key("camera|folder|http"),
-                        "say what feeds this source: a camera, folder or http table",
+                        key(feeds),
+                        "say what feeds this source: a camera, folder, http or synthetic table",
                     );
                 }
-                _ => {
-                    return bad(
-                        key("camera|folder|http"),
-                        "a source has exactly one of camera, folder or http",
-                    );
-                }
+                _ => return bad(key(feeds), "a source has exactly one of camera, folder, http or synthetic"),
+            }
+            if let Some(syn) = &s.synthetic
+                && !(syn.fps >= 0.0 && syn.fps.is_finite())
+            {
+                return bad(key("synthetic.fps"), "must be >= 0 (0: as fast as the queue takes frames)");
             }
             if let Err(message) = s.engine.parse::<EngineKind>() {
                 return bad(key("engine"), &message);

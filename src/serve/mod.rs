@@ -334,7 +334,17 @@ pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> 
         let _ = server.await;
     });
     reloader.join();
-    tracing::info!("stopped cleanly");
+    let sum = |get: fn(&metrics::SourceMetrics) -> u64| metrics.sources.iter().map(get).sum::<u64>();
+    let k = &metrics.sinks;
+    tracing::info!(
+        "stopped cleanly: {} frames decided, {} failed, {} dropped; {} results written to JSONL, {} to the MQTT spool ({} still spooled)",
+        sum(|s| s.frames.load(Relaxed)),
+        sum(|s| s.errors.load(Relaxed)),
+        sum(|s| s.dropped.load(Relaxed)),
+        k.jsonl_lines.load(Relaxed),
+        k.mqtt_spooled.load(Relaxed),
+        k.mqtt_pending.load(Relaxed),
+    );
     Ok(())
 }
 
