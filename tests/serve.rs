@@ -284,7 +284,60 @@ fn a_sha256_pin_refuses_other_files_at_start_and_on_reload() {
     });
     let r = http(port, "POST", "/infer", Some("s3cret"), &sample("0002-trouser.png")).unwrap();
     assert_eq!(r.json()["model_sha256"], sha.as_str());
+
+    // The new pin in the config, then SIGHUP: the new file now serves.
+    let new_sha = edge_kd::serve::model_slot::sha256_hex(&std::fs::read(&model).unwrap());
+    upload_config(
+        dir.path(),
+        port,
+        &format!("model = \"{}\"\nmodel_sha256 = \"{new_sha}\"\n", model.display()),
+    );
+    daemon.signal(libc::SIGHUP);
+    wait_until("the reload after SIGHUP", Duration::from_secs(20), || {
+        http(port, "GET", "/metrics", Some("s3cret"), b"")
+            .is_some_and(|r| r.body.contains(r#"edge_kd_model_reloads_total{source="line1",result="ok"} 1"#))
+    });
+    let r = http(port, "POST", "/infer", Some("s3cret"), &sample("0002-trouser.png")).unwrap();
+    assert_eq!(r.json()["model_sha256"], new_sha.as_str());
     assert_eq!(daemon.stop(), 0);
+}
+
+#[test]
+fn sigterm_decides_every_queued_frame_and_flushes_before_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, results) = (free_port(), dir.path().join("r.jsonl"));
+    let config = dir.path().join("serve.toml");
+    // An unpaced synthetic camera keeps the queue full, so SIGTERM always finds frames waiting.
+    std::fs::write(
+        &config,
+        format!(
+            "[box]\nstate_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[[source]]\nname = \"pattern\"\nqueue = 64\n\
+             synthetic = {{ image = \"{}\" }}\n[sinks.jsonl]\npath = \"{}\"\nfsync = \"never\"\n",
+            dir.path().join("state").display(),
+            samples().join("0001-pullover.png").display(),
+            results.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, port);
+    wait_until("frames", Duration::from_secs(20), || {
+        metric(port, None, r#"edge_kd_frames_total{source="pattern"}"#).is_some_and(|n| n > 200.0)
+    });
+    let log = daemon.log.clone();
+    assert_eq!(daemon.stop(), 0);
+    let log = std::fs::read_to_string(log).unwrap();
+    let accounting = log.lines().find(|l| l.contains("stopped cleanly")).unwrap_or_else(|| panic!("{log}"));
+    let numbers: Vec<u64> = accounting
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let lines = std::fs::read_to_string(&results).unwrap().lines().count() as u64;
+    // "N frames decided, 0 failed, 0 dropped; N results written to JSONL, ..." (after the timestamp)
+    let tail: Vec<u64> = numbers[numbers.len() - 6..].to_vec();
+    assert_eq!((tail[1], tail[2]), (0, 0), "{accounting}");
+    assert_eq!(tail[0], tail[3], "every decided frame written: {accounting}");
+    assert_eq!(tail[3], lines, "the file holds them all: {accounting}");
 }
 
 #[test]

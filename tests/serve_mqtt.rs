@@ -1,6 +1,6 @@
 //! `serve` publishing to a real mosquitto (Debian's, started on a free loopback port):
 //! results survive a broker outage and a daemon killed with SIGKILL, arriving once each,
-//! in order.
+//! in order; the retained status topic says online, offline, and (last will) dead.
 
 mod common;
 
@@ -108,7 +108,15 @@ fn a_killed_daemon_replays_its_spool_after_restart() {
     let daemon = Daemon::start(&config, port);
     upload(port, 3);
     wait_until("all 15 delivered", Duration::from_secs(30), || sub.payloads().len() >= 15);
-    assert_eq!(daemon.stop(), 0);
+    // A box that dies while connected is announced by its last will.
+    let status = Subscriber::start(broker.port, "test-status-kill", "edge-kd/box7/status");
+    let state =
+        |status: &Subscriber| status.payloads().last().map(|p| p["state"].as_str().unwrap().to_string());
+    wait_until("the retained online status", Duration::from_secs(10), || {
+        state(&status).as_deref() == Some("online")
+    });
+    daemon.kill();
+    wait_until("the last will", Duration::from_secs(20), || state(&status).as_deref() == Some("offline"));
     std::thread::sleep(Duration::from_millis(300));
     assert_all_once_in_order(&sub, 15);
     let lines = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
