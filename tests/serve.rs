@@ -160,6 +160,9 @@ fn http_api_answers_with_json_and_guards_with_the_token_and_body_limit() {
     let r = http(port, "POST", "/infer", Some("wrong"), &png).unwrap();
     assert_eq!((r.status, r.json()["error"].as_str().unwrap()), (401, "wrong bearer token"));
     assert_eq!(http(port, "GET", "/metrics", None, b"").unwrap().status, 401);
+    // The token is checked before the body is read: no token, no 10 kB read, no 413.
+    assert_eq!(http(port, "POST", "/infer?source=line1", None, &vec![0u8; 10_000]).unwrap().status, 401);
+    assert_eq!(http(port, "GET", "/results/latest", Some("wrong"), b"").unwrap().status, 401);
 
     let r = http(port, "POST", "/infer", token, &png).unwrap();
     assert_eq!(r.status, 400, "two upload sources: which one? {}", r.body);

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::Request;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -51,6 +53,8 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Outermost, so a request without the token is turned away before its body is read.
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
 
@@ -75,6 +79,18 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+/// Health probes stay open so an orchestrator needs no secret; everything else needs the token.
+async fn require_token(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path == "/healthz" || path == "/readyz" {
+        return next.run(request).await;
+    }
+    match authorize(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -114,8 +130,7 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     (status, axum::Json(serde_json::json!({ "ready": ready, "sources": sources }))).into_response()
 }
 
-async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
     for (s, m) in state.sources.iter().zip(&state.metrics.sources) {
         m.queue_depth.store(s.queue.len() as u64, Relaxed);
     }
@@ -129,11 +144,9 @@ struct InferQuery {
 
 async fn infer(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
     query: Result<Query<InferQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let body = body.map_err(|e| {
         let status = e.status();
@@ -209,10 +222,8 @@ struct LatestQuery {
 
 async fn latest(
     State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
     query: Result<Query<LatestQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let source =
         match &query.source {
