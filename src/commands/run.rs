@@ -7,7 +7,7 @@ use std::time::Duration;
 use edge_kd::classify::{Classifier, DecideOptions, Outcome};
 use edge_kd::decide::Verdict;
 use edge_kd::engine::{self, EngineKind, EngineOptions};
-use edge_kd::record::{FailedRecord, Record};
+use edge_kd::record::{FileResult, ResultBody};
 use edge_kd::source::{self, InputItem};
 
 use super::ModelArgs;
@@ -92,19 +92,17 @@ pub fn run(args: Args) -> Result<u8, Failure> {
             Err(message) => Err(message.clone()),
             Ok(kind) => classifier.classify_path(&item.path, *kind).map_err(|e| e.to_string()),
         };
-        match result {
+        let body = match result {
             Ok(outcome) => {
                 summary.add(&outcome);
-                let record = Record::new(&file, &outcome, classifier.labels(), classifier.engine_kind());
-                printer.record(&mut out, &record).map_err(write_failed)?;
+                ResultBody::decided(&outcome, classifier.labels(), classifier.engine_kind().as_str())
             }
             Err(error) => {
                 summary.failed += 1;
-                printer
-                    .failure(&mut out, &FailedRecord { file: &file, error: &error })
-                    .map_err(write_failed)?;
+                ResultBody::Failed { error }
             }
-        }
+        };
+        printer.result(&mut out, &FileResult { file: &file, body: &body }).map_err(write_failed)?;
         // A daemon or pipe reading us sees each result as it is made.
         out.flush().map_err(write_failed)?;
     }
@@ -191,45 +189,35 @@ impl Printer {
         Ok(())
     }
 
-    fn record(&mut self, out: &mut impl Write, r: &Record) -> std::io::Result<()> {
-        match self.format {
-            Format::Jsonl => writeln!(out, "{}", serde_json::to_string(r).expect("records serialise")),
-            Format::Table => {
-                let verdict = r.verdict.as_str();
-                let verdict = if self.colour {
-                    let code = if r.verdict == Verdict::Accept { "32" } else { "33" };
-                    format!("\x1b[{code}m{verdict:<7}\x1b[0m")
+    fn result(&mut self, out: &mut impl Write, r: &FileResult) -> std::io::Result<()> {
+        if self.format == Format::Jsonl {
+            return writeln!(out, "{}", serde_json::to_string(r).expect("results serialise"));
+        }
+        let file = fit(r.file, self.file_width);
+        let fw = self.file_width;
+        match r.body {
+            ResultBody::Failed { error } => writeln!(out, "{file:<fw$}  error: {error}"),
+            ResultBody::Decided { label, confidence, threshold, verdict, top, latency_us, .. } => {
+                let shown = format!("{:<7}", verdict.as_str());
+                let shown = if self.colour {
+                    let code = if *verdict == Verdict::Accept { "32" } else { "33" };
+                    format!("\x1b[{code}m{shown}\x1b[0m")
                 } else {
-                    format!("{verdict:<7}")
+                    shown
                 };
-                let top: Vec<String> = r.top.iter().map(|t| format!("{} {:.2}", t.label, t.p)).collect();
+                let top: Vec<String> = top.iter().map(|t| format!("{} {:.2}", t.label, t.p)).collect();
                 writeln!(
                     out,
-                    "{:<fw$}  {:<lw$}  {:>6.3}  {:>6}  {}  {:>6.2} ms  {}",
-                    fit(r.file, self.file_width),
-                    r.label,
-                    r.confidence,
-                    r.threshold.map_or("none".to_string(), |t| format!("{t:.3}")),
-                    verdict,
-                    r.latency_us as f64 / 1e3,
+                    "{file:<fw$}  {:<lw$}  {:>6.3}  {:>6}  {}  {:>6.2} ms  {}",
+                    label,
+                    confidence,
+                    threshold.map_or("none".to_string(), |t| format!("{t:.3}")),
+                    shown,
+                    *latency_us as f64 / 1e3,
                     top.join(", "),
-                    fw = self.file_width,
                     lw = self.label_width
                 )
             }
-        }
-    }
-
-    fn failure(&mut self, out: &mut impl Write, f: &FailedRecord) -> std::io::Result<()> {
-        match self.format {
-            Format::Jsonl => writeln!(out, "{}", serde_json::to_string(f).expect("records serialise")),
-            Format::Table => writeln!(
-                out,
-                "{:<fw$}  error: {}",
-                fit(f.file, self.file_width),
-                f.error,
-                fw = self.file_width
-            ),
         }
     }
 }

@@ -1,34 +1,10 @@
-//! The result line `serve` writes to its sinks: `run`'s JSONL contract (design §1) plus
+//! The result line `serve` writes to its sinks: the shared result body (design §1) plus
 //! where and when the frame came from. Keys are public: add, never rename or remove.
 
 use serde::Serialize;
 
-use crate::classify::Outcome;
 use crate::decide::Verdict;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TopLabel {
-    pub label: String,
-    pub p: f32,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(untagged)]
-pub enum ResultBody {
-    Decided {
-        label: String,
-        class_index: usize,
-        confidence: f32,
-        threshold: Option<f32>,
-        verdict: Verdict,
-        top: Vec<TopLabel>,
-        latency_us: u64,
-        engine: &'static str,
-    },
-    Failed {
-        error: String,
-    },
-}
+pub use crate::record::ResultBody;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ResultLine {
@@ -47,35 +23,13 @@ pub struct ResultLine {
     pub model_sha256: Option<String>,
 }
 
-impl ResultBody {
-    pub fn decided(outcome: &Outcome, labels: &[String], engine: &'static str) -> Self {
-        let d = &outcome.decision;
-        ResultBody::Decided {
-            label: labels[d.class_index].clone(),
-            class_index: d.class_index,
-            confidence: d.confidence,
-            threshold: d.threshold,
-            verdict: d.verdict,
-            top: d.top.iter().map(|&(i, p)| TopLabel { label: labels[i].clone(), p }).collect(),
-            latency_us: u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX),
-            engine,
-        }
-    }
-}
-
 impl ResultLine {
     pub fn verdict(&self) -> Option<Verdict> {
-        match &self.body {
-            ResultBody::Decided { verdict, .. } => Some(*verdict),
-            ResultBody::Failed { .. } => None,
-        }
+        self.body.verdict()
     }
 
     pub fn label(&self) -> Option<&str> {
-        match &self.body {
-            ResultBody::Decided { label, .. } => Some(label),
-            ResultBody::Failed { .. } => None,
-        }
+        self.body.label()
     }
 
     pub fn to_json(&self) -> String {
