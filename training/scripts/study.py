@@ -1,0 +1,208 @@
+"""Runs the method comparison of docs/RESULTS.md through `edge-kd distill` and tabulates it.
+
+    python training/scripts/study.py run --out runs/study --epochs 20 100 --seeds 0 1 2
+    python training/scripts/study.py report runs/study
+
+`run` trains the teacher once (in the first KD run) and hands its weights to every other run,
+so all students learn from the same teacher. Each run is one `edge-kd distill` into
+OUT/<student>-<method>-e<epochs>-s<seed>/ with its log beside it; a run whose summary.json
+exists is skipped, so an interrupted study continues where it stopped. `report` prints one
+markdown row per student and method: test accuracy as mean ± sample std over seeds (n), and
+the calibrated ECE, the accept coverage at the card's error target and the training img/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# Method name in the table -> (base config, extra --set overrides).
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "scratch": ("fashion-scratch.toml", []),
+    "kd": ("fashion-kd.toml", []),
+    "crld": ("fashion-crld.toml", []),
+    "dtokd": ("fashion-dtokd.toml", []),
+    "dtokd+crld": ("fashion-dtokd.toml", ["distill.views=crld"]),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    student: str
+    method: str
+    epochs: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.student}-{self.method}-e{self.epochs}-s{self.seed}"
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.method != "scratch"
+
+
+def find_edge_kd() -> str:
+    root = Path(__file__).resolve().parents[2]
+    for p in (root / "target/release/edge-kd", root / "target/debug/edge-kd"):
+        if p.is_file():
+            return str(p)
+    return shutil.which("edge-kd") or "edge-kd"
+
+
+def distill(args, job: Job, teacher: Path | None, out: Path) -> dict:
+    base, extra = METHODS[job.method]
+    sets = [f"student.model={job.student}", f"student.epochs={job.epochs}", f"run.seed={job.seed}",
+            f"export.name=fashion-{job.student}-{job.method}-e{job.epochs}-s{job.seed}", *extra, *args.set]
+    if job.needs_teacher:
+        sets.append(f"teacher.model={args.teacher}")
+        sets.append(f"teacher.epochs={args.teacher_epochs}" if teacher is None else f"teacher.weights={teacher}")
+    if args.threads:
+        sets.append(f"run.threads={args.threads}")
+    cmd = [args.edge_kd, "distill", "--config", str(CONFIGS / base), "--out", str(out), "--device", args.device]
+    for s in sets:
+        cmd += ["--set", s]
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"study: start {job.name}", flush=True)
+    with open(out / "study.log", "w", encoding="utf-8") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    summary = out / "summary.json"
+    if rc != 0 or not summary.is_file():
+        raise RuntimeError(f"{job.name} failed (exit {rc}); see {out / 'study.log'}")
+    s = json.loads(summary.read_text(encoding="utf-8"))
+    print(f"study: done  {job.name}: test accuracy {s['student']['test_accuracy']:.4f}", flush=True)
+    return s
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    jobs = [Job(st, m, e, sd) for e in args.epochs for st in args.students for m in args.methods for sd in args.seeds]
+    # The first KD-family run trains the teacher; it goes first, the scratch runs beside it.
+    first = next((j for j in jobs if j.needs_teacher), None)
+    if first is not None:
+        jobs.remove(first)
+        jobs.sort(key=lambda j: j.needs_teacher)
+        jobs.insert(0, first)
+    teacher_pt = out / first.name / "teacher.pt" if first else None
+    teacher_ready = threading.Event()
+    failures: list[str] = []
+
+    def work(job: Job) -> None:
+        run_dir = out / job.name
+        try:
+            if (run_dir / "summary.json").is_file():
+                print(f"study: skip  {job.name} (summary.json exists)", flush=True)
+            elif job is first:
+                distill(args, job, None, run_dir)
+            else:
+                if job.needs_teacher:
+                    teacher_ready.wait()
+                    if not teacher_pt.is_file():
+                        raise RuntimeError(f"{job.name} skipped: the teacher run {first.name} failed")
+                distill(args, job, teacher_pt if job.needs_teacher else None, run_dir)
+        except RuntimeError as e:
+            failures.append(str(e))
+            print(f"study: {e}", file=sys.stderr, flush=True)
+        finally:
+            if job is first:
+                teacher_ready.set()
+
+    if first is not None and (out / first.name / "summary.json").is_file():
+        teacher_ready.set()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(work, jobs))
+    print(report(out), end="")
+    if failures:
+        print(f"study: {len(failures)} run(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _mean_sd(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    if not values:
+        return "–"
+    m = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{m:.{digits}f} (n=1)"
+    return f"{m:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f} (n={len(values)})"
+
+
+def collect(out: Path) -> dict[tuple[str, str, int], list[dict]]:
+    """summary.json of every finished run, grouped by (student, method, epochs)."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for summary in sorted(out.glob("*/summary.json")):
+        student, method, epochs, _seed = summary.parent.name.rsplit("-", 3)
+        key = (student, method, int(epochs.removeprefix("e")))
+        groups.setdefault(key, []).append(json.loads(summary.read_text(encoding="utf-8")))
+    return groups
+
+
+def report(out: Path) -> str:
+    groups = collect(out)
+    if not groups:
+        return f"no finished runs (no */summary.json) in {out}\n"
+    lines = []
+    teachers = {(s["teacher"]["model"], round(s["teacher"]["test_accuracy"], 4))
+                for runs in groups.values() for s in runs if s.get("teacher")}
+    for model, acc in sorted(teachers):
+        lines.append(f"Teacher {model}: test accuracy {acc * 100:.2f} %.")
+    lines.append("")
+    lines.append("| student | method | epochs | test accuracy % | ECE after T | coverage @ target % | train img/s |")
+    lines.append("|---|---|---|---|---|---|---|")
+    order = list(METHODS)
+    for key in sorted(groups, key=lambda k: (k[0], k[2], order.index(k[1]) if k[1] in order else len(order), k[1])):
+        runs = groups[key]
+        student, method, epochs = key
+        acc = [s["student"]["test_accuracy"] for s in runs]
+        ece = [s["ece_after"] for s in runs]
+        cov = [s["coverage"] for s in runs if s.get("coverage") is not None]
+        ips = [s["images_per_s"] for s in runs if s.get("images_per_s")]
+        lines.append(f"| {student} | {method} | {epochs} | {_mean_sd(acc, 100)} | {_mean_sd(ece, 1, 4)} | "
+                     f"{_mean_sd(cov, 100, 1)} | {_mean_sd(ips, 1, 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the grid of distillations")
+    r.add_argument("--out", default="runs/study")
+    r.add_argument("--students", nargs="+", default=["cnn-18k", "cnn-70k"])
+    r.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    r.add_argument("--epochs", nargs="+", type=int, default=[20])
+    r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    r.add_argument("--teacher", default="wrn16-4")
+    r.add_argument("--teacher-epochs", type=int, default=20)
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    r.add_argument("--jobs", type=int, default=1, help="runs at once (CPU: one per core with --threads 1)")
+    r.add_argument("--threads", type=int, default=0, help="torch threads per run (0: the config's)")
+    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="extra override for every run (repeatable)")
+    r.add_argument("--edge-kd", default=find_edge_kd(), help="the edge-kd binary")
+    rep = sub.add_parser("report", help="print the markdown table of a study folder")
+    rep.add_argument("out")
+    args = p.parse_args(argv)
+    if args.command == "report":
+        out = Path(args.out)
+        if not out.is_dir():
+            print(f"study: {out}: no such folder", file=sys.stderr)
+            return 2
+        print(report(out), end="")
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The study driver (training/scripts/study.py): scheduling of the shared teacher, and the table."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("study", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["study"] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    yield mod
+    del sys.modules["study"]
+
+
+def write_summary(run_dir: Path, acc: float, ece: float = 0.01, coverage=0.7, teacher=0.93):
+    run_dir.mkdir(parents=True)
+    s = {"student": {"test_accuracy": acc}, "ece_after": ece, "coverage": coverage, "images_per_s": 1000.0,
+         "teacher": {"model": "wrn16-1", "test_accuracy": teacher} if teacher else None}
+    (run_dir / "summary.json").write_text(json.dumps(s))
+
+
+def test_report_gives_mean_and_sample_sd_per_student_method_and_epochs(study, tmp_path):
+    write_summary(tmp_path / "cnn-70k-kd-e20-s0", 0.92, teacher=0.95)
+    write_summary(tmp_path / "cnn-70k-kd-e20-s1", 0.93, teacher=0.95)
+    write_summary(tmp_path / "cnn-70k-dtokd+crld-e20-s0", 0.94, coverage=None, teacher=0.95)
+    write_summary(tmp_path / "cnn-70k-scratch-e20-s0", 0.91, teacher=None)
+    table = study.report(tmp_path)
+    rows = [line for line in table.splitlines() if line.startswith("| cnn-70k")]
+    # Methods in the order of the comparison, not alphabetical.
+    assert [r.split("|")[2].strip() for r in rows] == ["scratch", "kd", "dtokd+crld"]
+    assert "| 92.50 ± 0.71 (n=2) |" in rows[1]
+    assert "| 94.00 (n=1) |" in rows[2] and "| – |" in rows[2]  # no coverage at the target
+    assert "Teacher wrn16-1: test accuracy 95.00 %." in table
+
+
+def test_report_of_an_empty_folder_says_so(study, tmp_path):
+    assert "no finished runs" in study.report(tmp_path)
+
+
+def fake_edge_kd(tmp_path: Path, fail: str | None = None) -> Path:
+    """Stands in for the edge-kd binary: records its --set arguments and writes summary.json
+    (and teacher.pt when it trained a teacher), so the driver's scheduling can be checked."""
+    script = tmp_path / "edge-kd"
+    script.write_text(f"""#!{sys.executable}
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+out = Path(args[args.index("--out") + 1])
+sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+(out / "args.json").write_text(json.dumps(sets))
+if {fail!r} and {fail!r} in str(out):
+    sys.exit(1)
+if any(s.startswith("teacher.epochs=") for s in sets):
+    (out / "teacher.pt").write_bytes(b"weights")
+(out / "summary.json").write_text(json.dumps({{"student": {{"test_accuracy": 0.9}}, "ece_after": 0.01,
+    "coverage": 0.7, "images_per_s": 1.0, "teacher": None}}))
+""")
+    script.chmod(0o755)
+    return script
+
+
+def run_args(tmp_path, binary, methods=("scratch", "kd", "crld")):
+    return ["run", "--out", str(tmp_path / "study"), "--students", "cnn-18k", "--methods", *methods,
+            "--epochs", "2", "--seeds", "0", "1", "--teacher", "wrn16-1", "--teacher-epochs", "3",
+            "--jobs", "2", "--edge-kd", str(binary)]
+
+
+def test_run_trains_one_teacher_and_hands_it_to_every_other_distillation(study, tmp_path):
+    assert study.main(run_args(tmp_path, fake_edge_kd(tmp_path))) == 0
+    runs = {p.name: json.loads((p / "args.json").read_text()) for p in (tmp_path / "study").iterdir()}
+    assert len(runs) == 6
+    trained = [n for n, sets in runs.items() if "teacher.epochs=3" in sets]
+    assert trained == ["cnn-18k-kd-e2-s0"]
+    teacher = str(tmp_path / "study" / "cnn-18k-kd-e2-s0" / "teacher.pt")
+    for name, sets in runs.items():
+        if "-scratch-" in name:
+            assert not any(s.startswith("teacher.") for s in sets)
+        elif name != "cnn-18k-kd-e2-s0":
+            assert f"teacher.weights={teacher}" in sets
+    assert "run.seed=1" in runs["cnn-18k-crld-e2-s1"]
+
+
+def test_a_failed_teacher_run_fails_the_study_and_skips_what_needs_it(study, tmp_path, capsys):
+    assert study.main(run_args(tmp_path, fake_edge_kd(tmp_path, fail="cnn-18k-kd-e2-s0"))) == 1
+    err = capsys.readouterr().err
+    assert "cnn-18k-kd-e2-s0 failed (exit 1)" in err
+    assert "cnn-18k-crld-e2-s1 skipped: the teacher run cnn-18k-kd-e2-s0 failed" in err
+    finished = sorted(p.parent.name for p in (tmp_path / "study").glob("*/summary.json"))
+    assert finished == ["cnn-18k-scratch-e2-s0", "cnn-18k-scratch-e2-s1"]
+
+
+def test_finished_runs_are_skipped_when_a_study_continues(study, tmp_path, capsys):
+    binary = fake_edge_kd(tmp_path)
+    assert study.main(run_args(tmp_path, binary, methods=("scratch",))) == 0
+    capsys.readouterr()
+    assert study.main(run_args(tmp_path, binary, methods=("scratch",))) == 0
+    assert capsys.readouterr().out.count("(summary.json exists)") == 2
