@@ -110,6 +110,139 @@ fn ctrl_c_stops_cleanly_and_resume_continues() {
         .stdout(predicate::str::contains("distilled"));
 }
 
+/// A folder of RGB colour swatches, `root/{train,test}/{blue,green,red}/*.png`, with noise in
+/// hue and brightness so that the classes are learnt, not looked up.
+fn colour_folder(root: &Path, per_class: &[(&str, usize)]) {
+    let mut state = 0x2545_f491_u32;
+    let mut noise = move |span: i32| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        (state % (2 * span as u32 + 1)) as i32 - span
+    };
+    for (split, n) in per_class {
+        for (class, rgb) in [("blue", [40, 60, 190]), ("green", [50, 170, 60]), ("red", [190, 50, 40])] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..*n {
+                let shift = noise(40);
+                let img = image::RgbImage::from_fn(20, 20, |_, _| {
+                    image::Rgb(rgb.map(|c: i32| (c + shift + noise(25)).clamp(0, 255) as u8))
+                });
+                img.save(dir.join(format!("{i:03}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// The other inputs design §3 promises: an RGB ImageFolder data set and an external TorchScript
+/// teacher (here a fixed colour read-out, so the teacher is right and the student can follow it).
+#[test]
+fn an_image_folder_and_a_torchscript_teacher_give_a_student_that_names_the_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("colours");
+    colour_folder(&data, &[("train", 60), ("test", 10)]);
+    let teacher = dir.path().join("teacher.ts");
+    let script = format!(
+        "import torch\n\
+         class ColourTeacher(torch.nn.Module):\n    \
+         def forward(self, x):\n        \
+         return x.mean(dim=(2, 3))[:, [2, 1, 0]] * 8.0\n\
+         torch.jit.script(ColourTeacher()).save({:?})\n",
+        teacher.display().to_string()
+    );
+    // TorchScript reads the class's source, so it must live in a file, not in `-c`.
+    let script_file = dir.path().join("make_teacher.py");
+    std::fs::write(&script_file, script).unwrap();
+    let made = Command::new(python()).arg(&script_file).status().unwrap();
+    assert!(made.success(), "scripting the teacher failed");
+    let config = dir.path().join("colours.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[data]
+dataset = "image-folder"
+path = {data:?}
+image_size = 16
+color = "rgb"
+calibration_split = 45
+augment_flip = false
+augment_shift = 0
+
+[teacher]
+model = "torchscript:{teacher}"
+
+[student]
+model = "cnn-18k"
+epochs = 6
+lr = 0.005
+batch_size = 16
+schedule = "constant"
+
+[distill]
+method = "kd"
+T = 2.0
+alpha = 0.5
+
+[calibration]
+max_error_among_accepted = 0.1
+min_samples_per_class = 5
+
+[export]
+name = "colours"
+reference_samples = 4
+
+[run]
+seed = 0
+threads = 1
+"#,
+            data = data.display().to_string(),
+            teacher = teacher.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    edge_kd()
+        .current_dir(root())
+        .env("EDGE_KD_PYTHON", python())
+        .args(["distill", "--device", "cpu", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("teacher      torchscript:")
+                .and(predicate::str::is_match(r"parity\s+tract \S+ ok, ort \S+ ok").unwrap()),
+        );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["teacher"]["test_accuracy"], 1.0, "the colour read-out is exact: {summary}");
+
+    // The card carries the folder names, the RGB layout and the 16x16 size to the runtime,
+    // which then names the test folders' colours from the PNGs alone.
+    let card = edge_kd().arg("card").arg(out.join("student.onnx")).output().unwrap();
+    let card = String::from_utf8_lossy(&card.stdout);
+    assert!(card.contains("blue") && card.contains("green") && card.contains("red"), "{card}");
+    let run = edge_kd()
+        .args(["run", "--format", "jsonl", "--model"])
+        .arg(out.join("student.onnx"))
+        .arg(data.join("test"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let lines = stdout_lines(&run);
+    assert_eq!(lines.len(), 30);
+    let right = lines
+        .iter()
+        .filter(|l| {
+            let file = l["file"].as_str().unwrap();
+            file.contains(&format!("/{}/", l["label"].as_str().unwrap()))
+        })
+        .count();
+    assert!(right >= 27, "{right} of 30 test swatches named by their folder");
+}
+
 #[test]
 fn a_bad_config_names_the_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
