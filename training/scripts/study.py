@@ -52,6 +52,13 @@ class Job:
         return self.method != "scratch"
 
 
+def say(msg: str, stream=None) -> None:
+    # One write per line: runs report from several threads at once.
+    stream = stream or sys.stdout
+    stream.write(msg + "\n")
+    stream.flush()
+
+
 def find_edge_kd() -> str:
     root = Path(__file__).resolve().parents[2]
     for p in (root / "target/release/edge-kd", root / "target/debug/edge-kd"):
@@ -73,7 +80,7 @@ def distill(args, job: Job, teacher: Path | None, out: Path) -> dict:
     for s in sets:
         cmd += ["--set", s]
     out.mkdir(parents=True, exist_ok=True)
-    print(f"study: start {job.name}", flush=True)
+    say(f"study: start {job.name}")
     with open(out / "study.log", "w", encoding="utf-8") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
@@ -82,7 +89,7 @@ def distill(args, job: Job, teacher: Path | None, out: Path) -> dict:
     if rc != 0 or not summary.is_file():
         raise RuntimeError(f"{job.name} failed (exit {rc}); see {out / 'study.log'}")
     s = json.loads(summary.read_text(encoding="utf-8"))
-    print(f"study: done  {job.name}: test accuracy {s['student']['test_accuracy']:.4f}", flush=True)
+    say(f"study: done  {job.name}: test accuracy {s['student']['test_accuracy']:.4f}")
     return s
 
 
@@ -103,7 +110,7 @@ def run(args) -> int:
         run_dir = out / job.name
         try:
             if (run_dir / "summary.json").is_file():
-                print(f"study: skip  {job.name} (summary.json exists)", flush=True)
+                say(f"study: skip  {job.name} (summary.json exists)")
             elif job is first:
                 distill(args, job, None, run_dir)
             else:
@@ -114,7 +121,7 @@ def run(args) -> int:
                 distill(args, job, teacher_pt if job.needs_teacher else None, run_dir)
         except RuntimeError as e:
             failures.append(str(e))
-            print(f"study: {e}", file=sys.stderr, flush=True)
+            say(f"study: {e}", sys.stderr)
         finally:
             if job is first:
                 teacher_ready.set()
