@@ -4,7 +4,7 @@
     python training/scripts/study.py report runs/study
 
 `run` trains the teacher once (in the first KD run) and hands its weights to every other run,
-so all students learn from the same teacher. Each run is one `edge-kd distill` into
+so all students learn from the same teacher; `--teacher-weights` reuses one trained before. Each run is one `edge-kd distill` into
 OUT/<student>-<method>-e<epochs>-s<seed>/ with its log beside it; a run whose summary.json
 exists is skipped, so an interrupted study continues where it stopped. `report` prints one
 markdown row per student and method: test accuracy as mean ± sample std over seeds (n), and
@@ -96,14 +96,21 @@ def distill(args, job: Job, teacher: Path | None, out: Path) -> dict:
 def run(args) -> int:
     out = Path(args.out)
     jobs = [Job(st, m, e, sd) for e in args.epochs for st in args.students for m in args.methods for sd in args.seeds]
-    # The first KD-family run trains the teacher; it goes first, the scratch runs beside it.
-    first = next((j for j in jobs if j.needs_teacher), None)
-    if first is not None:
-        jobs.remove(first)
-        jobs.sort(key=lambda j: j.needs_teacher)
-        jobs.insert(0, first)
-    teacher_pt = out / first.name / "teacher.pt" if first else None
     teacher_ready = threading.Event()
+    if args.teacher_weights:
+        first, teacher_pt = None, Path(args.teacher_weights).resolve()
+        if not teacher_pt.is_file():
+            say(f"study: --teacher-weights {teacher_pt}: no such file", sys.stderr)
+            return 2
+        teacher_ready.set()
+    else:
+        # The first KD-family run trains the teacher; it goes first, the scratch runs beside it.
+        first = next((j for j in jobs if j.needs_teacher), None)
+        if first is not None:
+            jobs.remove(first)
+            jobs.sort(key=lambda j: j.needs_teacher)
+            jobs.insert(0, first)
+        teacher_pt = out / first.name / "teacher.pt" if first else None
     failures: list[str] = []
 
     def work(job: Job) -> None:
@@ -192,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--teacher", default="wrn16-4")
     r.add_argument("--teacher-epochs", type=int, default=20)
+    r.add_argument("--teacher-weights", metavar="PATH",
+                   help="a trained teacher (teacher.pt of an earlier run): no teacher is trained")
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--jobs", type=int, default=1, help="runs at once (CPU: one per core with --threads 1)")
     r.add_argument("--threads", type=int, default=0, help="torch threads per run (0: the config's)")

@@ -103,3 +103,14 @@ def test_finished_runs_are_skipped_when_a_study_continues(study, tmp_path, capsy
     capsys.readouterr()
     assert study.main(run_args(tmp_path, binary, methods=("scratch",))) == 0
     assert capsys.readouterr().out.count("(summary.json exists)") == 2
+
+
+def test_given_teacher_weights_no_teacher_is_trained(study, tmp_path):
+    weights = tmp_path / "teacher.pt"
+    weights.write_bytes(b"weights")
+    args = run_args(tmp_path, fake_edge_kd(tmp_path), methods=("kd",)) + ["--teacher-weights", str(weights)]
+    assert study.main(args) == 0
+    for run in (tmp_path / "study").iterdir():
+        sets = json.loads((run / "args.json").read_text())
+        assert f"teacher.weights={weights}" in sets and not any(s.startswith("teacher.epochs=") for s in sets)
+    assert study.main(args[:-1] + [str(tmp_path / "absent.pt")]) == 2
