@@ -84,7 +84,10 @@ def distill(args, job: Job, teacher: Path | None, out: Path) -> dict:
     with open(out / "study.log", "w", encoding="utf-8") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        except OSError as e:
+            raise RuntimeError(f"{job.name}: cannot start {args.edge_kd}: {e.strerror or e}") from None
     summary = out / "summary.json"
     if rc != 0 or not summary.is_file():
         raise RuntimeError(f"{job.name} failed (exit {rc}); see {out / 'study.log'}")
@@ -133,8 +136,6 @@ def run(args) -> int:
             if job is first:
                 teacher_ready.set()
 
-    if first is not None and (out / first.name / "summary.json").is_file():
-        teacher_ready.set()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(work, jobs))
     print(report(out), end="")

@@ -114,3 +114,9 @@ def test_given_teacher_weights_no_teacher_is_trained(study, tmp_path):
         sets = json.loads((run / "args.json").read_text())
         assert f"teacher.weights={weights}" in sets and not any(s.startswith("teacher.epochs=") for s in sets)
     assert study.main(args[:-1] + [str(tmp_path / "absent.pt")]) == 2
+
+
+def test_a_missing_edge_kd_binary_is_an_error_line_not_a_traceback(study, tmp_path, capsys):
+    assert study.main(run_args(tmp_path, tmp_path / "no-such-edge-kd", methods=("scratch",))) == 1
+    err = capsys.readouterr().err
+    assert f"cannot start {tmp_path / 'no-such-edge-kd'}: No such file or directory" in err
