@@ -69,6 +69,8 @@ class TrainSection:
 class TeacherConfig(TrainSection):
     model: str = _f("wrn16-4")
     weights: str | None = _f(None, doc="load these weights instead of training")
+    finetune: bool = _f(False, doc="train `epochs` more from `weights` (a timm backbone gets a new head "
+                                   "for this data's classes)")
 
 
 @dataclass
@@ -303,6 +305,14 @@ def validate(cfg: Config, explicit: set[str], warn) -> None:
         raise ConfigError(f"{src}: [teacher].weights: {t.weights}: no such file (expected a weights file)")
     if needs_teacher and t.model.startswith("torchscript:") and not Path(t.model.split(":", 1)[1]).is_file():
         raise ConfigError(f"{src}: [teacher].model: {t.model.split(':', 1)[1]}: no such TorchScript file")
+    if needs_teacher and t.finetune:
+        if not t.weights:
+            raise ConfigError(f"{src}: [teacher].finetune: true with no [teacher].weights (expected weights to start from)")
+        if t.model.startswith("torchscript:"):
+            raise ConfigError(f"{src}: [teacher].finetune: a TorchScript teacher is used as it is "
+                              "(expected false, or a registered or timm teacher)")
+        if t.epochs < 1:
+            raise ConfigError(f"{src}: [teacher].finetune: true with [teacher].epochs = {t.epochs} (expected >= 1)")
     if needs_teacher and t.epochs == 0 and not t.weights and not t.model.startswith(("torchscript:", "timm:")):
         raise ConfigError(f"{src}: [teacher].epochs: 0 with no [teacher].weights (expected >= 1, or weights to load)")
     if cfg.student.epochs < 1:

@@ -134,12 +134,13 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
     teacher, teacher_info = None, None
     if method_cls.needs_teacher:
         tc = cfg.teacher
-        teacher = create_model(tc.model, n_cls, in_ch, tc.weights).to(device)
-        if tc.weights or tc.model.startswith(EXTERNAL_PREFIXES):
+        teacher = create_model(tc.model, n_cls, in_ch, tc.weights, new_head=tc.finetune).to(device)
+        if (tc.weights or tc.model.startswith(EXTERNAL_PREFIXES)) and not tc.finetune:
             src = tc.weights or tc.model.split(":", 1)[1]
             emit({"event": "phase", "phase": "teacher", "skipped": f"loaded from {src}"})
         else:
-            # The teacher is trained with the scratch distiller: same loop, checkpoints and resume.
+            # The teacher is trained (or fine-tuned from its weights) with the scratch distiller:
+            # same loop, checkpoints and resume.
             fit("teacher", create_distiller("scratch", teacher), tc, train, test, norm, ctx,
                 ckpt_dir / "teacher.pt", resume)
         teacher.eval()

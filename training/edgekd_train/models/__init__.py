@@ -44,14 +44,16 @@ def check_model_name(name: str) -> str | None:
     return f"unknown model {name!r} (expected one of {', '.join(list_models())}, 'torchscript:PATH' or 'timm:NAME')"
 
 
-def create_model(name: str, num_classes: int, in_chans: int, weights: str | None = None) -> nn.Module:
-    """Build model ``name``; ``weights`` (a state_dict file) is loaded when given."""
+def create_model(name: str, num_classes: int, in_chans: int, weights: str | None = None,
+                 new_head: bool = False) -> nn.Module:
+    """Build model ``name``; ``weights`` (a state_dict file) is loaded when given. ``new_head``
+    lets a timm model start from a backbone trained on other classes or channels."""
     from . import external
 
     if name.startswith("torchscript:"):
         return external.load_torchscript(name.split(":", 1)[1])
     if name.startswith("timm:"):
-        return external.create_timm(name.split(":", 1)[1], num_classes, in_chans, weights)
+        return external.create_timm(name.split(":", 1)[1], num_classes, in_chans, weights, new_head)
     why = check_model_name(name)
     if why:
         raise ValueError(why)
