@@ -6,7 +6,9 @@
 `run` trains the teacher once (in the first KD run) and hands its weights to every other run,
 so all students learn from the same teacher; `--teacher-weights` reuses one trained before. Each run is one `edge-kd distill` into
 OUT/<student>-<method>-e<epochs>-s<seed>/ with its log beside it; a run whose summary.json
-exists is skipped, so an interrupted study continues where it stopped. `report` prints one
+exists is skipped and one with checkpoints but no summary is resumed, so an interrupted study
+continues where it stopped. `--deadline S` bounds the wall time (a GPU lease, a CI slot): after
+S seconds no run starts and running ones are interrupted, which checkpoints them. `report` prints one
 markdown row per student and method: test accuracy as mean ± sample std over seeds (n), and
 the calibrated ECE, the accept coverage at the card's error target and the training img/s.
 """
@@ -17,14 +19,17 @@ import argparse
 import json
 import shutil
 import statistics
+import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+INTERRUPTED = 130  # edge-kd distill's exit code after Ctrl-C / SIGINT
 
 # Method name in the table -> (base config, extra --set overrides).
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -67,7 +72,44 @@ def find_edge_kd() -> str:
     return shutil.which("edge-kd") or "edge-kd"
 
 
-def distill(args, job: Job, teacher: Path | None, out: Path) -> dict:
+class Deadline:
+    """Stops the study at a wall-clock limit: no run starts after it, and the running
+    `edge-kd distill` processes get SIGINT (they save a checkpoint and exit 130)."""
+
+    def __init__(self, seconds: float | None):
+        self.at = None if seconds is None else time.monotonic() + seconds
+        self.passed = threading.Event()
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        if self.at is not None:
+            threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        time.sleep(max(0.0, self.at - time.monotonic()))
+        with self._lock:
+            self.passed.set()
+            for proc in self._running:
+                proc.send_signal(signal.SIGINT)
+
+    def start(self, cmd: list[str], log) -> subprocess.Popen | None:
+        """Popen ``cmd`` unless the deadline has passed (then None)."""
+        with self._lock:
+            if self.passed.is_set():
+                return None
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            self._running.add(proc)
+            return proc
+
+    def finished(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+
+class Stopped(Exception):
+    """A run the deadline kept from starting or interrupted: not a failure, the next `run` resumes it."""
+
+
+def distill(args, job: Job, teacher: Path | None, out: Path, deadline: Deadline) -> dict:
     base, extra = METHODS[job.method]
     sets = [f"student.model={job.student}", f"student.epochs={job.epochs}", f"run.seed={job.seed}",
             f"export.name=fashion-{job.student}-{job.method}-e{job.epochs}-s{job.seed}", *extra, *args.set]
@@ -77,18 +119,26 @@ def distill(args, job: Job, teacher: Path | None, out: Path) -> dict:
     if args.threads:
         sets.append(f"run.threads={args.threads}")
     cmd = [args.edge_kd, "distill", "--config", str(CONFIGS / base), "--out", str(out), "--device", args.device]
+    if (out / "checkpoints").is_dir():
+        cmd.append("--resume")
     for s in sets:
         cmd += ["--set", s]
     out.mkdir(parents=True, exist_ok=True)
-    say(f"study: start {job.name}")
-    with open(out / "study.log", "w", encoding="utf-8") as log:
+    with open(out / "study.log", "a", encoding="utf-8") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
         try:
-            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+            proc = deadline.start(cmd, log)
         except OSError as e:
             raise RuntimeError(f"{job.name}: cannot start {args.edge_kd}: {e.strerror or e}") from None
+        if proc is None:
+            raise Stopped(f"{job.name}: not started (deadline)")
+        say(f"study: start {job.name}" + (" (resumed)" if "--resume" in cmd else ""))
+        rc = proc.wait()
+        deadline.finished(proc)
     summary = out / "summary.json"
+    if rc == INTERRUPTED and deadline.passed.is_set():
+        raise Stopped(f"{job.name}: interrupted at the deadline (checkpointed)")
     if rc != 0 or not summary.is_file():
         raise RuntimeError(f"{job.name} failed (exit {rc}); see {out / 'study.log'}")
     s = json.loads(summary.read_text(encoding="utf-8"))
@@ -115,6 +165,8 @@ def run(args) -> int:
             jobs.insert(0, first)
         teacher_pt = out / first.name / "teacher.pt" if first else None
     failures: list[str] = []
+    stopped: list[str] = []
+    deadline = Deadline(args.deadline)
 
     def work(job: Job) -> None:
         run_dir = out / job.name
@@ -122,13 +174,17 @@ def run(args) -> int:
             if (run_dir / "summary.json").is_file():
                 say(f"study: skip  {job.name} (summary.json exists)")
             elif job is first:
-                distill(args, job, None, run_dir)
+                distill(args, job, None, run_dir, deadline)
             else:
                 if job.needs_teacher:
                     teacher_ready.wait()
                     if not teacher_pt.is_file():
+                        if deadline.passed.is_set():
+                            raise Stopped(f"{job.name}: not started (deadline; no teacher yet)")
                         raise RuntimeError(f"{job.name} skipped: the teacher run {first.name} failed")
-                distill(args, job, teacher_pt if job.needs_teacher else None, run_dir)
+                distill(args, job, teacher_pt if job.needs_teacher else None, run_dir, deadline)
+        except Stopped as e:
+            stopped.append(str(e))
         except RuntimeError as e:
             failures.append(str(e))
             say(f"study: {e}", sys.stderr)
@@ -139,6 +195,9 @@ def run(args) -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(work, jobs))
     print(report(out), end="")
+    if stopped:
+        say(f"study: deadline reached: {len(stopped)} run(s) not finished; `run` again with the same "
+            "arguments continues them:\n  " + "\n  ".join(sorted(stopped)), sys.stderr)
     if failures:
         print(f"study: {len(failures)} run(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
@@ -205,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--jobs", type=int, default=1, help="runs at once (CPU: one per core with --threads 1)")
     r.add_argument("--threads", type=int, default=0, help="torch threads per run (0: the config's)")
+    r.add_argument("--deadline", type=float, metavar="SECONDS",
+                   help="stop after this long: start no run, interrupt (checkpoint) the running ones")
     r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="extra override for every run (repeatable)")
     r.add_argument("--edge-kd", default=find_edge_kd(), help="the edge-kd binary")

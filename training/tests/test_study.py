@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,18 +46,27 @@ def test_report_of_an_empty_folder_says_so(study, tmp_path):
     assert "no finished runs" in study.report(tmp_path)
 
 
-def fake_edge_kd(tmp_path: Path, fail: str | None = None) -> Path:
-    """Stands in for the edge-kd binary: records its --set arguments and writes summary.json
-    (and teacher.pt when it trained a teacher), so the driver's scheduling can be checked."""
-    script = tmp_path / "edge-kd"
+def fake_edge_kd(tmp_path: Path, fail: str | None = None, hang: bool = False) -> Path:
+    """Stands in for the edge-kd binary: records its arguments and writes summary.json (and
+    teacher.pt when it trained a teacher), so the driver's scheduling can be checked. With
+    ``hang`` a run that is not resumed trains until SIGINT, then checkpoints and exits 130 as
+    `edge-kd distill` does."""
+    script = tmp_path / ("edge-kd-hang" if hang else "edge-kd")
     script.write_text(f"""#!{sys.executable}
-import json, sys
+import json, signal, sys, time
 from pathlib import Path
 args = sys.argv[1:]
 out = Path(args[args.index("--out") + 1])
 sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-(out / "args.json").write_text(json.dumps(sets))
+(out / "args.json").write_text(json.dumps(args))
 if {fail!r} and {fail!r} in str(out):
+    sys.exit(1)
+if {hang!r} and "--resume" not in args:
+    def interrupted(*_):
+        (out / "checkpoints").mkdir()
+        sys.exit(130)
+    signal.signal(signal.SIGINT, interrupted)
+    time.sleep(60)
     sys.exit(1)
 if any(s.startswith("teacher.epochs=") for s in sets):
     (out / "teacher.pt").write_bytes(b"weights")
@@ -67,6 +77,11 @@ if any(s.startswith("teacher.epochs=") for s in sets):
     return script
 
 
+def sets_of(run_dir: Path) -> list[str]:
+    args = json.loads((run_dir / "args.json").read_text())
+    return [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+
+
 def run_args(tmp_path, binary, methods=("scratch", "kd", "crld")):
     return ["run", "--out", str(tmp_path / "study"), "--students", "cnn-18k", "--methods", *methods,
             "--epochs", "2", "--seeds", "0", "1", "--teacher", "wrn16-1", "--teacher-epochs", "3",
@@ -75,7 +90,7 @@ def run_args(tmp_path, binary, methods=("scratch", "kd", "crld")):
 
 def test_run_trains_one_teacher_and_hands_it_to_every_other_distillation(study, tmp_path):
     assert study.main(run_args(tmp_path, fake_edge_kd(tmp_path))) == 0
-    runs = {p.name: json.loads((p / "args.json").read_text()) for p in (tmp_path / "study").iterdir()}
+    runs = {p.name: sets_of(p) for p in (tmp_path / "study").iterdir()}
     assert len(runs) == 6
     trained = [n for n, sets in runs.items() if "teacher.epochs=3" in sets]
     assert trained == ["cnn-18k-kd-e2-s0"]
@@ -111,7 +126,7 @@ def test_given_teacher_weights_no_teacher_is_trained(study, tmp_path):
     args = run_args(tmp_path, fake_edge_kd(tmp_path), methods=("kd",)) + ["--teacher-weights", str(weights)]
     assert study.main(args) == 0
     for run in (tmp_path / "study").iterdir():
-        sets = json.loads((run / "args.json").read_text())
+        sets = sets_of(run)
         assert f"teacher.weights={weights}" in sets and not any(s.startswith("teacher.epochs=") for s in sets)
     assert study.main(args[:-1] + [str(tmp_path / "absent.pt")]) == 2
 
@@ -120,3 +135,22 @@ def test_a_missing_edge_kd_binary_is_an_error_line_not_a_traceback(study, tmp_pa
     assert study.main(run_args(tmp_path, tmp_path / "no-such-edge-kd", methods=("scratch",))) == 1
     err = capsys.readouterr().err
     assert f"cannot start {tmp_path / 'no-such-edge-kd'}: No such file or directory" in err
+
+
+def test_a_deadline_checkpoints_the_running_run_and_the_next_run_resumes_it(study, tmp_path, capsys):
+    args = run_args(tmp_path, fake_edge_kd(tmp_path, hang=True), methods=("scratch", "kd")) + ["--jobs", "1"]
+    t0 = time.monotonic()
+    assert study.main(args + ["--deadline", "1"]) == 0  # stopped by the deadline: not a failure
+    assert time.monotonic() - t0 < 30  # the hanging run was interrupted, not waited for
+    err = capsys.readouterr().err
+    assert "deadline reached: 4 run(s) not finished" in err
+    assert "cnn-18k-kd-e2-s0: interrupted at the deadline (checkpointed)" in err  # the teacher run goes first
+    assert "cnn-18k-scratch-e2-s0: not started (deadline)" in err
+    assert not list((tmp_path / "study").glob("*/summary.json"))
+
+    # Again without a deadline: the interrupted run is resumed, the others start afresh.
+    assert study.main(run_args(tmp_path, fake_edge_kd(tmp_path), methods=("scratch", "kd"))) == 0
+    study_dir = tmp_path / "study"
+    assert len(list(study_dir.glob("*/summary.json"))) == 4
+    assert "--resume" in json.loads((study_dir / "cnn-18k-kd-e2-s0" / "args.json").read_text())
+    assert "--resume" not in json.loads((study_dir / "cnn-18k-kd-e2-s1" / "args.json").read_text())
