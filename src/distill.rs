@@ -231,6 +231,20 @@ pub struct Summary {
     pub images_per_s: Option<f64>,
     #[serde(default)]
     pub plots: Vec<PathBuf>,
+    /// CRLD's confidence gates over the last logged epoch (methods with CRLD's views only).
+    pub crld_masks: Option<CrldMasks>,
+}
+
+/// How much of each batch CRLD's gates let through: a gate that is almost never open means its
+/// threshold is above what this teacher reaches on this data.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CrldMasks {
+    pub mask_weak: f64,
+    pub mask_strong: f64,
+    pub teacher_conf_weak: f64,
+    pub teacher_conf_strong: f64,
+    pub tau_w: f64,
+    pub tau_s: f64,
 }
 
 /// Parses one stdout line; `None` for a line that is not an event (reported, not fatal).
@@ -250,5 +264,24 @@ mod tests {
         assert!(matches!(e, Some(Event::Epoch { epoch: 2, of: 20, .. })));
         assert!(matches!(parse_event(r#"{"event":"lr_warmup","x":1}"#), Some(Event::Other)));
         assert!(parse_event("Downloading nothing").is_none());
+    }
+
+    #[test]
+    fn a_summary_carries_crld_gates_only_when_the_method_has_them() {
+        let base = r#""event":"summary","teacher":null,"student":{"model":"cnn-18k","params":18000,"test_accuracy":0.9},
+            "method":"crld","onnx":"o/student.onnx","onnx_bytes":1,"temperature":1.2,"ece_before":0.1,"ece_after":0.02,
+            "target":0.01,"coverage":0.7,"error_among_accepted":0.009,"notes":[],"reference_dir":"o/reference",
+            "images_per_s":100.0"#;
+        let gates = r#""crld_masks":{"epoch":1,"steps":3,"mask_weak":0.79,"mask_strong":1.0,
+            "teacher_conf_weak":0.93,"teacher_conf_strong":0.79,"tau_w":0.9,"tau_s":0.2}"#;
+        let Some(Event::Summary(s)) = parse_event(&format!("{{{base},{gates}}}").replace('\n', "")) else {
+            panic!("summary with gates did not parse")
+        };
+        let m = s.crld_masks.expect("crld_masks");
+        assert_eq!((m.mask_weak, m.tau_s), (0.79, 0.2));
+        let Some(Event::Summary(s)) = parse_event(&format!("{{{base}}}").replace('\n', "")) else {
+            panic!("summary without gates did not parse")
+        };
+        assert!(s.crld_masks.is_none());
     }
 }

@@ -178,6 +178,18 @@ fn report(s: &Summary, out: &std::path::Path, ort_lib: Option<&std::path::Path>)
         pct(s.target),
         pct(s.error_among_accepted)
     );
+    if let Some(m) = &s.crld_masks {
+        println!(
+            "  crld gates   within-view KL on {:.0} % of samples (weak-view teacher confidence ≥ {}, mean {:.2}), \
+             cross-view on {:.0} % (strong-view ≥ {}, mean {:.2}); last epoch",
+            100.0 * m.mask_weak,
+            m.tau_w,
+            m.teacher_conf_weak,
+            100.0 * m.mask_strong,
+            m.tau_s,
+            m.teacher_conf_strong
+        );
+    }
     for note in &s.notes {
         println!("  note         {note}");
     }

@@ -100,6 +100,7 @@ class CRLDConfig:
     w_cv: float = _f(0.5, min=0.0, doc="weight of the cross-view KL")
     randaugment_ops: int = _f(2, min=0, max=8, doc="strong view: RandAugment ops per image")
     cutout: float = _f(0.5, min=0.0, max=1.0, doc="strong view: Cutout side at most this fraction of the width")
+    log_every: int = _f(50, min=0, doc="share of samples passing tau_w / tau_s every N steps; 0 = never")
 
 
 @dataclass
@@ -374,7 +375,7 @@ def _unused_keys(cfg: Config, explicit: set[str], needs_teacher: bool) -> list[s
         if key == "distill.alpha":
             return method == "kd"
         if section == "crld":
-            return cfg.views == "crld" and (name != "w_ce" or method == "crld")
+            return cfg.views == "crld" and (name not in ("w_ce", "log_every") or method == "crld")
         if section == "dtokd":
             return method == "dtokd"
         return True

@@ -61,7 +61,7 @@ def distiller_params(cfg: Config) -> dict:
     if d.method == "kd":
         return {"T": d.T, "alpha": d.alpha}
     if d.method == "crld":
-        return {"T": d.T, "w_ce": c.w_ce, **crld}
+        return {"T": d.T, "w_ce": c.w_ce, "log_every": c.log_every, **crld}
     if d.method == "dtokd":
         return {"T": d.T, "views": cfg.views, "balancer": t.balancer, "kl_loss": t.kl_loss,
                 "feature_loss": t.feature_loss, "weight_lr": t.weight_lr, "weight_decay": t.weight_decay,
@@ -69,17 +69,28 @@ def distiller_params(cfg: Config) -> dict:
     return {}
 
 
-def gradient_records(events_path: Path, phase: str = "student") -> list[dict]:
-    """The run's "gradients" events, one per step (the last one wins: a resumed run replays the
+def diagnostic_records(events_path: Path, phase: str = "student") -> list[dict]:
+    """The run's "diagnostics" events, one per step (the last one wins: a resumed run replays the
     epoch it was interrupted in), in step order. Read back from events.jsonl so a resumed run
     plots its whole history."""
     by_step: dict[int, dict] = {}
     if events_path.is_file():
         for line in events_path.read_text(encoding="utf-8").splitlines():
             ev = json.loads(line) if line.strip() else {}
-            if ev.get("event") == "gradients" and ev.get("phase") == phase:
+            if ev.get("event") == "diagnostics" and ev.get("phase") == phase:
                 by_step[int(ev["step"])] = ev
     return [by_step[k] for k in sorted(by_step)]
+
+
+def mask_summary(records: list[dict]) -> dict | None:
+    """CRLD's gates over the last epoch that logged them: the mean share of samples each let
+    through, and the teacher's mean confidence per view (None without CRLD's views)."""
+    records = [r for r in records if "mask_weak" in r]
+    if not records:
+        return None
+    last = [r for r in records if r["epoch"] == records[-1]["epoch"]]
+    keys = ("mask_weak", "mask_strong", "teacher_conf_weak", "teacher_conf_strong")
+    return {"epoch": last[0]["epoch"], "steps": len(last), **{k: sum(r[k] for r in last) / len(last) for k in keys}}
 
 
 def run_distill(cfg: Config, out: Path, resume: bool, emit, command: str) -> dict:
@@ -175,9 +186,10 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
                  str(risk_coverage_png(cal_logits, cal_labels, cal.temperature, cal.target,
                                        cal.coverage if cal.error_among_accepted is not None else None,
                                        out / "risk_coverage.png"))]
-        records = gradient_records(out / "events.jsonl")
-        if records:
-            plots.append(str(gradient_balance_png(records, out / "gradients.png")))
+        records = diagnostic_records(out / "events.jsonl")
+        gradients = [r for r in records if any(k.startswith("cosine_") for k in r)]
+        if gradients:
+            plots.append(str(gradient_balance_png(gradients, out / "gradients.png")))
 
         # ---- export
         emit({"event": "phase", "phase": "export"})
@@ -218,6 +230,9 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
             "parity_max_abs_diff": exp["max_abs_diff"],
             "plots": plots,
         }
+        masks = mask_summary(records)
+        if masks:
+            summary["crld_masks"] = {**masks, "tau_w": cfg.crld.tau_w, "tau_s": cfg.crld.tau_s}
         emit(summary)
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return summary or {}

@@ -82,7 +82,7 @@ def gradient_balance_png(records: list[dict], path: Path) -> Path:
     """DTO-KD diagnostics over training (methods.md section 3.2): for each distillation objective k,
     conflict (inner product and cosine of grad L_k and grad L_task; below 0 they pull apart),
     dominance (log10 of ||grad L_k|| / ||grad L_task||; far from 0, one objective drowns the
-    other), and the objective weights pi. ``records`` are "gradients" events."""
+    other), and the objective weights pi. ``records`` are DTO-KD's "diagnostics" events."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

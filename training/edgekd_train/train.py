@@ -329,7 +329,7 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
                                "throughput": throughput})
             if ctx.is_main:
                 for step_no, d in diagnostics:
-                    ctx.emit({"event": "gradients", "phase": phase, "epoch": done, "step": step_no,
+                    ctx.emit({"event": "diagnostics", "phase": phase, "epoch": done, "step": step_no,
                               **{k: float(v) for k, v in d.items()}})
                 ctx.emit({"event": "epoch", "phase": phase, "epoch": done, "of": epochs, "loss": train_loss,
                           "train_accuracy": train_acc, "test_accuracy": test_acc, "images_per_s": ips,

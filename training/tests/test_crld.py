@@ -11,7 +11,7 @@ from conftest import HAVE_FASHION, TRAINING
 from edgekd_train.data.tensors import Normalizer, augment
 from edgekd_train.data.views import STRONG_OPS, ViewMaker, rand_augment_op
 from edgekd_train.distillers import CRLDDistiller, StepFunctions
-from edgekd_train.distillers.crld import confidence_masks, consistency_losses, kl_per_sample
+from edgekd_train.distillers.crld import confidence_masks, consistency_losses, kl_per_sample, mask_rates
 from edgekd_train.export import export_onnx
 from edgekd_train.models import count_params, create_model
 
@@ -105,6 +105,10 @@ def test_masks_follow_teacher_confidence():
     m_w, m_s = confidence_masks(weak, strong, tau_w=0.9, tau_s=0.2)
     assert m_w.tolist() == [1.0, 1.0, 0.0, 0.0]  # >= tau_w on the weak view
     assert m_s.tolist() == [0.0, 1.0, 1.0, 0.0]  # >= tau_s on the strong view
+    rates = mask_rates(weak, strong, tau_w=0.9, tau_s=0.2)
+    assert rates["mask_weak"].item() == 0.5 and rates["mask_strong"].item() == 0.5
+    assert rates["teacher_conf_weak"].item() == pytest.approx((0.95 + 0.90 + 0.89 + 0.30) / 4, abs=1e-5)
+    assert rates["teacher_conf_strong"].item() == pytest.approx((0.15 + 0.20 + 0.90 + 0.19) / 4, abs=1e-5)
 
 
 def test_masked_samples_contribute_nothing_and_the_mean_runs_over_the_batch():
@@ -142,7 +146,7 @@ def test_crld_losses_are_finite_and_fall(learnable_batch, confident_teacher):
     d.eval()
     before = d.losses(b)
     assert set(before) == {"ce", "within_view", "cross_view", "total"}
-    assert float(before["within_view"]) > 0 and float(before["cross_view"]) > 0  # the masks let some through
+    assert before["within_view"].item() > 0 and before["cross_view"].item() > 0  # the masks let some through
     d.train()
     for _ in range(15):
         loss, logits = d.step(fns, b, opt)
@@ -178,7 +182,7 @@ def test_crld_export_holds_the_student_only(tmp_path, learnable_batch, confident
 def test_crld_tiny_run_end_to_end(tmp_path, cli, teacher_weights):
     out = tmp_path / "run"
     r, evs = cli(["distill", "--config", str(TRAINING / "configs" / "tiny-cpu.toml"), "--out", str(out), "--set", 'distill.method="crld"',
-                  "--set", f'teacher.weights="{teacher_weights}"'])
+                  "--set", f'teacher.weights="{teacher_weights}"', "--set", "crld.log_every=4"])
     assert r.returncode == 0, r.stderr
     (phase,) = [e for e in evs if e["event"] == "phase" and e["phase"] == "student"]
     assert phase["views"] == "crld"
@@ -186,3 +190,11 @@ def test_crld_tiny_run_end_to_end(tmp_path, cli, teacher_weights):
     assert summary["event"] == "summary" and summary["method"] == "crld"
     assert summary["parity_max_abs_diff"] <= 1e-4 and (out / "student.onnx").is_file()
     assert summary["throughput"]["views"] == "crld" and summary["throughput"]["images_per_s"] > 0
+    # The gates are logged every 4 steps, and the summary gives their mean over the last epoch.
+    diags = [e for e in evs if e["event"] == "diagnostics"]
+    assert [e["step"] for e in diags] == [1, 5, 9, 13]  # 400 images / batch 32 = 13 steps
+    masks = summary["crld_masks"]
+    assert masks["steps"] == 4 and masks["tau_w"] == 0.9 and masks["tau_s"] == 0.2
+    assert masks["mask_weak"] == pytest.approx(sum(e["mask_weak"] for e in diags) / 4)
+    assert all(0.0 <= e[k] <= 1.0 for e in diags for k in ("mask_weak", "mask_strong", "teacher_conf_weak"))
+    assert "gradients.png" not in " ".join(summary["plots"])  # CRLD has no gradient balance to plot

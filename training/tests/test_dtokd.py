@@ -185,11 +185,14 @@ def test_dtokd_with_crld_views_tiny_run_end_to_end(tmp_path, cli, teacher_weight
                   "--set", 'distill.method="dtokd"', "--set", 'distill.views="crld"', "--set", "dtokd.log_every=4",
                   "--set", f'teacher.weights="{teacher_weights}"'])
     assert r.returncode == 0, r.stderr
-    grads = [e for e in evs if e["event"] == "gradients"]
+    grads = [e for e in evs if e["event"] == "diagnostics"]
     assert [e["step"] for e in grads] == [1, 5, 9, 13]  # 400 images / batch 32 = 13 steps
-    assert all({"inner_kl", "cosine_feat", "norm_ratio_kl", "pi_task"} <= set(e) for e in grads)
+    # The gradient balance, and CRLD's gates since the views are CRLD's.
+    assert all({"inner_kl", "cosine_feat", "norm_ratio_kl", "pi_task", "mask_weak", "mask_strong"} <= set(e)
+               for e in grads)
     summary = evs[-1]
     assert summary["event"] == "summary" and summary["method"] == "dtokd"
+    assert summary["crld_masks"]["steps"] == 4
     assert str(out / "gradients.png") in summary["plots"] and (out / "gradients.png").stat().st_size > 0
     assert summary["parity_max_abs_diff"] <= 1e-4
     ckpt = torch.load(out / "checkpoints" / "student.pt", weights_only=False)

@@ -11,7 +11,8 @@ Per sample, with teacher logits detached and KL_T(a||b) = T^2 * sum_c p^T(a)_c l
 The mean runs over the whole batch (masked samples count as 0, no renormalisation). The student
 sees the two views in two forwards so its batch norm sees each view separately; the teacher is in
 eval mode (per-sample), so one forward of both views together gives the same logits for less
-launch overhead. Training accuracy is read on the weak view.
+launch overhead. Training accuracy is read on the weak view. Every ``log_every`` steps
+``diagnose`` reports the share of samples each gate lets through (``mask_rates``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ def confidence_masks(t_weak: torch.Tensor, t_strong: torch.Tensor, tau_w: float,
     return (conf_w >= tau_w).float(), (conf_s >= tau_s).float()
 
 
+def mask_rates(t_weak: torch.Tensor, t_strong: torch.Tensor, tau_w: float, tau_s: float) -> dict[str, torch.Tensor]:
+    """How much of the batch each gate lets through, and the teacher's mean confidence per view:
+    with tau_w above what the teacher reaches on weak views, the within-view KL does nothing."""
+    m_w, m_s = confidence_masks(t_weak, t_strong, tau_w, tau_s)
+    return {"mask_weak": m_w.mean(), "mask_strong": m_s.mean(),
+            "teacher_conf_weak": F.softmax(t_weak.float(), dim=1).amax(1).mean(),
+            "teacher_conf_strong": F.softmax(t_strong.float(), dim=1).amax(1).mean()}
+
+
 def consistency_losses(t_weak, t_strong, s_weak, s_strong, T: float, tau_w: float, tau_s: float):
     """Unweighted (within-view, cross-view) terms of section 4.3."""
     m_w, m_s = confidence_masks(t_weak, t_strong, tau_w, tau_s)
@@ -57,13 +67,14 @@ class CRLDDistiller(Distiller):
     needs_teacher = True
 
     def __init__(self, student, teacher, T: float = 4.0, tau_w: float = 0.9, tau_s: float = 0.2,
-                 w_ce: float = 1.0, w_wv: float = 2.0, w_cv: float = 0.5, **_ignored):
+                 w_ce: float = 1.0, w_wv: float = 2.0, w_cv: float = 0.5, log_every: int = 50, **_ignored):
         if teacher is None:
             raise ValueError("crld needs a teacher")
         super().__init__(student, teacher)
         self.views = "crld"
         self.T, self.tau_w, self.tau_s = float(T), float(tau_w), float(tau_s)
         self.w_ce, self.w_wv, self.w_cv = float(w_ce), float(w_wv), float(w_cv)
+        self.diagnostics_every = int(log_every)
 
     def targets(self, batch: Batch) -> Batch:
         return teacher_view_logits(self, batch)
@@ -78,3 +89,8 @@ class CRLDDistiller(Distiller):
                                            self.T, self.tau_w, self.tau_s)
         terms = {"ce": self.w_ce * ce, "within_view": self.w_wv * within, "cross_view": self.w_cv * cross}
         return {**terms, "total": terms["ce"] + terms["within_view"] + terms["cross_view"]}, s_weak
+
+    def diagnose(self, batch: Batch) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            t = self.with_targets(batch)
+            return mask_rates(t["t_logits"], t["t_logits_strong"], self.tau_w, self.tau_s)

@@ -35,7 +35,7 @@ from torch.nn.utils import parametrizations
 
 from ..models import feature_dim, features_and_logits
 from .base import Batch, Distiller, StepFunctions, running_stats_frozen
-from .crld import consistency_losses
+from .crld import consistency_losses, mask_rates
 from .kd import kd_loss
 
 BALANCERS = ("famo", "exact")
@@ -260,8 +260,9 @@ class DTOKDDistiller(Distiller):
 
     def diagnose(self, batch: Batch) -> dict[str, torch.Tensor]:
         shared = [p for p in self.student.parameters() if p.requires_grad]
+        b = self.with_targets(batch)
         with running_stats_frozen(self.student):
-            objectives, _ = self.objective_losses(batch)
+            objectives, _ = self.objective_losses(b)
         grads = {}
         for i, k in enumerate(self.objectives):
             g = torch.autograd.grad(objectives[k], shared, retain_graph=i < len(self.objectives) - 1, allow_unused=True)
@@ -275,4 +276,6 @@ class DTOKDDistiller(Distiller):
             out[f"inner_{k}"] = inner
             out[f"cosine_{k}"] = inner / (norm * task_norm).clamp(min=1e-12)
             out[f"norm_ratio_{k}"] = norm / task_norm.clamp(min=1e-12)
+        if self.views == "crld":
+            out.update(mask_rates(b["t_logits"], b["t_logits_strong"], self.tau_w, self.tau_s))
         return out
