@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import math
+
 import numpy as np
 
 N_BINS = 15
@@ -85,11 +87,36 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> float:
     return float(total / len(labels))
 
 
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(Bin(n, p) <= k), summed in log space (n up to the size of a calibration split)."""
+    if k >= n:
+        return 1.0
+    if p <= 0.0:
+        return 1.0
+    i = np.arange(k + 1)
+    lf = _log_factorials(n)
+    log_pmf = lf[n] - lf[i] - lf[n - i] + i * math.log(p) + (n - i) * math.log1p(-p)
+    top = log_pmf.max()
+    return float(min(1.0, math.exp(top) * np.exp(log_pmf - top).sum()))
+
+
+def _log_factorials(n: int) -> np.ndarray:
+    return np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))])
+
+
+def error_bound_holds(errors: int, n: int, target: float, confidence: float) -> bool:
+    """Whether the one-sided Clopper-Pearson upper bound on the error rate, at ``confidence``,
+    from ``errors`` in ``n`` is <= ``target``. The bound is <= target exactly when
+    P(Bin(n, target) <= errors) <= 1 - confidence (the CDF falls as the rate rises)."""
+    return binomial_cdf(errors, n, target) <= 1.0 - confidence
+
+
 def prefix_threshold(
     conf: np.ndarray,
     correct: np.ndarray,
     target: float = DEFAULT_TARGET,
     min_count: int = DEFAULT_MIN_COUNT,
+    confidence: float = 0.0,
 ) -> tuple[float | None, str | None]:
     """Threshold from the longest high-confidence prefix meeting ``target``.
 
@@ -98,6 +125,10 @@ def prefix_threshold(
     threshold is the confidence of its last sample. A prefix may only end where the
     next sample's confidence is strictly lower, so that ``c >= threshold`` accepts
     exactly the prefix (ties are never split).
+
+    With ``confidence`` > 0 a prefix must also have its Clopper-Pearson upper bound on the
+    error rate at that confidence ``<= target``: the observed rate of the chosen prefix sits
+    at the target by construction, so without the bound new data sees more errors.
 
     Returns ``(threshold, None)`` or ``(None, reason)``.
     """
@@ -115,6 +146,15 @@ def prefix_threshold(
     boundary = np.ones(n, dtype=bool)
     boundary[:-1] = c[1:] < c[:-1]
     ok &= boundary
+    if confidence > 0.0:
+        # The bound is above the observed rate, so only prefixes passing the point test can pass.
+        for j in np.nonzero(ok)[0][::-1]:
+            if error_bound_holds(int(errors[j]), int(lengths[j]), target, confidence):
+                return float(c[j]), None
+        return None, (
+            f"no prefix of at least {min_count} of its {n} calibration predictions "
+            f"has error <= {target:g} at {confidence:g} confidence"
+        )
     if not ok.any():
         return None, (
             f"no prefix of at least {min_count} of its {n} calibration predictions "
@@ -176,8 +216,10 @@ def calibrate(
     label_names: Sequence[str],
     target: float = DEFAULT_TARGET,
     min_count: int = DEFAULT_MIN_COUNT,
+    confidence: float = 0.0,
 ) -> Calibration:
-    """Fit T on the calibration split, then choose the default and per-class thresholds."""
+    """Fit T on the calibration split, then choose the default and per-class thresholds
+    (``confidence``: see :func:`prefix_threshold`)."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 2 or logits.shape[1] != len(label_names):
@@ -189,14 +231,17 @@ def calibrate(
     conf = p1.max(axis=1)
     correct = pred == labels
     notes: list[str] = []
+    if confidence > 0.0:
+        notes.append(f"thresholds hold error among accepted <= {target:g} at {confidence:g} confidence "
+                     "(one-sided Clopper-Pearson bound on each threshold's calibration predictions)")
 
-    default, why = prefix_threshold(conf, correct, target, min_count)
+    default, why = prefix_threshold(conf, correct, target, min_count, confidence)
     if default is None:
         notes.append(f"default threshold is null: {why}")
     per_class: dict[str, float | None] = {}
     for k, name in enumerate(label_names):
         m = pred == k
-        thr, why = prefix_threshold(conf[m], correct[m], target, min_count)
+        thr, why = prefix_threshold(conf[m], correct[m], target, min_count, confidence)
         per_class[name] = thr
         if thr is None:
             notes.append(f"{name}: threshold is null (always review): {why}")

@@ -120,6 +120,11 @@ class DTOKDConfig:
 class CalibrationConfig:
     max_error_among_accepted: float = _f(0.01, min=0.0, max=1.0)
     min_samples_per_class: int = _f(100, min=1)
+    # 0.9, not 0: thresholds chosen on the observed error broke the target on the test set for
+    # all 20 students of the CPU study (docs/RESULTS.md, "Accept thresholds out of sample").
+    bound_confidence: float = _f(0.9, min=0.0, max=0.999,
+                                 doc="0: a threshold's observed error meets the target; 0.9: its one-sided "
+                                     "Clopper-Pearson upper bound at 90 % confidence does")
 
 
 @dataclass

@@ -178,7 +178,7 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
     cal_labels = calib.labels.cpu().numpy()
     cc = cfg.calibration
     cal = cal_mod.calibrate(cal_logits, cal_labels, splits.labels, cc.max_error_among_accepted,
-                            cc.min_samples_per_class)
+                            cc.min_samples_per_class, cc.bound_confidence)
     summary = None
     if is_main:
         plots = [str(reliability_png(cal_logits, cal_labels, cal.temperature, cal.ece_before, cal.ece_after,

@@ -112,3 +112,44 @@ def test_unreachable_target_gives_null_and_note():
     assert cal.coverage == 0.0 and cal.error_among_accepted is None
     assert any(n.startswith("default threshold is null") for n in cal.notes)
     assert len(cal.notes) == 6
+
+
+def test_binomial_cdf_matches_the_exact_sum():
+    from math import comb
+
+    from edgekd_train.calibrate import binomial_cdf
+
+    for k, n, p in [(0, 300, 0.01), (1, 10, 0.5), (3, 500, 0.01), (12, 2000, 0.004), (5, 5, 0.3)]:
+        exact = sum(comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+        assert abs(binomial_cdf(k, n, p) - exact) <= 1e-9 * exact, (k, n, p)
+
+
+def test_the_bound_is_clopper_pearson():
+    from edgekd_train.calibrate import error_bound_holds
+
+    # 0 errors in n: the one-sided 95 % upper bound is 1 - 0.05^(1/n), <= 1 % from n = 299 on.
+    assert not error_bound_holds(0, 298, 0.01, 0.95)
+    assert error_bound_holds(0, 299, 0.01, 0.95)
+    # 1 error in 100 is exactly the target: the point test passes, no bound above 0 does.
+    assert not error_bound_holds(1, 100, 0.01, 0.5)
+
+
+def test_a_confidence_bound_holds_the_target_out_of_sample_where_the_point_estimate_does_not():
+    """Thresholds fit on one draw and checked on fresh draws of the same toy: the point
+    estimate sits at the target on its own data and overshoots on new data about half the
+    time; the 90 % bound is stricter, covers less and overshoots rarely."""
+    cal_logits, cal_y = toy(n=6000, seed=1, sharpness=1.0)
+    point = calibrate(cal_logits, cal_y, NAMES, target=0.01, min_count=100)
+    bound = calibrate(cal_logits, cal_y, NAMES, target=0.01, min_count=100, confidence=0.9)
+    assert bound.notes and "at 0.9 confidence" in bound.notes[0]
+    for name in NAMES:
+        assert bound.per_class[name] is None or bound.per_class[name] >= point.per_class[name]
+    assert bound.coverage < point.coverage
+    over = {"point": 0, "bound": 0}
+    for seed in range(100, 140):
+        logits, y = toy(n=6000, seed=seed, sharpness=1.0)
+        for kind, c in (("point", point), ("bound", bound)):
+            p = softmax(logits, c.temperature)
+            acc = apply_thresholds(p, NAMES, c.per_class, c.default)
+            over[kind] += (p.argmax(1)[acc] != y[acc]).mean() > 0.01
+    assert over["point"] >= 10 and over["bound"] <= 4, over
