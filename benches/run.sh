@@ -22,7 +22,7 @@
 #   FRAME            image passed as `bench --input` [none: edge-kd's synthetic frame at the
 #                    model's input size, so preprocessing does no real downscaling]
 #   DEFAULT_ONNX     the ONNX file the embedded student was built from, for the reference
-#                                                              [models/default/fashion-tiny.onnx]
+#                                                              [models/default/student.onnx]
 #   OUT_DIR          results folder [benches/results/<UTC date>-<short host>, "-2", "-3"... if taken]
 #   MODELS           space-separated subset of: default mobilenet_v3_small-224 mobilenet_v2-224
 set -euo pipefail
@@ -44,7 +44,7 @@ STUDENT_WARMUP=${STUDENT_WARMUP:-${WARMUP:-30}}
 MOBILENET_ITERS=${MOBILENET_ITERS:-${ITERS:-100}}
 MOBILENET_WARMUP=${MOBILENET_WARMUP:-${WARMUP:-10}}
 FRAME=${FRAME:-}
-DEFAULT_ONNX=${DEFAULT_ONNX:-models/default/fashion-tiny.onnx}
+DEFAULT_ONNX=${DEFAULT_ONNX:-models/default/student.onnx}
 MODELS=${MODELS:-default mobilenet_v3_small-224 mobilenet_v2-224}
 
 # --- preconditions --------------------------------------------------------------------------

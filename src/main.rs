@@ -44,7 +44,7 @@ impl Failure {
         edge-kd distill --config training/configs/fashion-kd.toml --device cuda\n  \
         edge-kd run --engine ort --format jsonl photo.png\n  \
         edge-kd serve --config deploy/edge-kd.toml   the inspection daemon\n  \
-        edge-kd card models/default/fashion-tiny.onnx\n  \
+        edge-kd card models/default/student.onnx\n  \
         edge-kd bench --engine tract,ort --threads 1,2\n  \
         edge-kd doctor\n\n\
         Exit codes: 0 all inputs processed, 2 usage or configuration error, 3 model problem,\n\

@@ -12,8 +12,8 @@ use crate::card::{self, Card, Color, InputSpec, Layout, Resize, Task};
 use crate::onnx_meta::{self, ModelInfo, OnnxError};
 
 /// The default student, embedded so that `edge-kd run img.png` works from any folder.
-pub const DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../models/default/fashion-tiny.onnx");
-pub const DEFAULT_MODEL_NAME: &str = "models/default/fashion-tiny.onnx (embedded)";
+pub const DEFAULT_MODEL_BYTES: &[u8] = include_bytes!("../models/default/student.onnx");
+pub const DEFAULT_MODEL_NAME: &str = "models/default/student.onnx (embedded)";
 
 #[derive(Debug, Error)]
 pub enum ModelError {

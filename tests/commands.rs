@@ -8,11 +8,11 @@ use predicates::prelude::*;
 #[test]
 fn card_prints_what_the_model_is_and_how_far_to_trust_it() {
     edge_kd().arg("card").assert().success().stdout(
-        predicate::str::contains("fashion-tiny")
+        predicate::str::contains("models/default/student.onnx (embedded)")
             .and(predicate::str::contains("image [1, 1, 28, 28] NCHW gray, stretch"))
             .and(predicate::str::contains("logits [1, 10] (logits)"))
             .and(predicate::str::contains("temperature"))
-            .and(predicate::str::contains("Shirt 0."))
+            .and(predicate::str::is_match(r"Shirt (0\.\d+|none \(always review\))").unwrap())
             .and(predicate::str::contains("test_accuracy 0.9")),
     );
     edge_kd()

@@ -57,6 +57,6 @@ fn the_default_student_reproduces_pytorch() {
 
 #[test]
 fn the_embedded_student_is_the_shipped_file() {
-    let shipped = std::fs::read(root().join("models/default/fashion-tiny.onnx")).unwrap();
+    let shipped = std::fs::read(root().join("models/default/student.onnx")).unwrap();
     assert!(shipped == edge_kd::model::DEFAULT_MODEL_BYTES, "rebuild: the embedded default is stale");
 }

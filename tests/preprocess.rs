@@ -20,9 +20,6 @@ const IMAGES: [&str; 6] = [
 ];
 
 fn model(name: &str) -> Model {
-    if name == "fashion-tiny" {
-        return Model::embedded_default().unwrap();
-    }
     Model::open(&fixture(&format!("models/{name}.onnx")), &CardlessOptions::default()).unwrap()
 }
 

@@ -215,7 +215,7 @@ fn http_api_answers_with_json_and_guards_with_the_token_and_body_limit() {
 fn model_hot_reload_swaps_good_files_and_keeps_serving_through_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.onnx");
-    std::fs::copy(root().join("models/default/fashion-tiny.onnx"), &model).unwrap();
+    std::fs::copy(root().join("models/default/student.onnx"), &model).unwrap();
     let port = free_port();
     let extra = format!("model = \"{}\"\n", model.display());
     let daemon = Daemon::start(&upload_config(dir.path(), port, &extra), port);
@@ -256,7 +256,7 @@ fn model_hot_reload_swaps_good_files_and_keeps_serving_through_bad_ones() {
 fn a_sha256_pin_refuses_other_files_at_start_and_on_reload() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.onnx");
-    std::fs::copy(root().join("models/default/fashion-tiny.onnx"), &model).unwrap();
+    std::fs::copy(root().join("models/default/student.onnx"), &model).unwrap();
     let sha = edge_kd::serve::model_slot::sha256_hex(&std::fs::read(&model).unwrap());
     let port = free_port();
     let wrong = "0".repeat(64);

@@ -38,7 +38,7 @@ def logits_of(session, images: np.ndarray, mean, std, scale: float) -> np.ndarra
     return np.concatenate([session.run(None, {name: x[i: i + 1]})[0] for i in range(len(x))])
 
 
-def rows_for(run: Path, confidences: list[float], data_path: str | None) -> list[str]:
+def rows_for(run: Path, confidences: list[float], data_path: str | None, per_class: bool = False) -> list[str]:
     import onnxruntime as ort
 
     overrides = [f'data.path="{data_path}"'] if data_path else []
@@ -72,6 +72,18 @@ def rows_for(run: Path, confidences: list[float], data_path: str | None) -> list
         out.append(f"| {run.name} | {conf:g} | {(~wrong).mean() * 100:.2f} | {ece(p, test_y):.4f} | "
                    f"{(c.coverage or 0) * 100:.1f} | {accepted.mean() * 100:.1f} | {err * 100:.2f} | "
                    f"{worst} {worst_err * 100:.2f} |")
+        if per_class:
+            out += ["", f"{run.name}, bound confidence {conf:g}, per predicted class:", "",
+                    "| class | threshold | predicted, test | accepted, test | error among accepted, test |",
+                    "|---|---|---|---|---|"]
+            for k, name in enumerate(names):
+                pk = pred == k
+                m = accepted & pk
+                thr = c.per_class[name]
+                out.append(f"| {name} | {'null (review)' if thr is None else f'{thr:.3f}'} | {pk.sum()} | "
+                           f"{m.sum() / max(pk.sum(), 1) * 100:.1f} % | "
+                           f"{f'{wrong[m].mean() * 100:.2f} %' if m.any() else '–'} |")
+            out.append("")
     return out
 
 
@@ -81,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confidence", nargs="+", type=float, default=[0.0, 0.9],
                    help="bound confidences to choose thresholds at (0: the observed error; default 0 0.9)")
     p.add_argument("--data", help="data path, if not the one in the run's config")
+    p.add_argument("--per-class", action="store_true", help="also a table per predicted class for each run")
     args = p.parse_args(argv)
     print("| run | bound confidence | test accuracy % | test ECE | coverage cal % | coverage test % | "
           "error among accepted, test % | worst class, test % |")
@@ -88,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for run in args.runs:
         try:
-            for row in rows_for(run, args.confidence, args.data):
+            for row in rows_for(run, args.confidence, args.data, args.per_class):
                 print(row, flush=True)
         except (OSError, ConfigError, DataError, ValueError) as e:
             print(f"evaluate: {run}: {e}", file=sys.stderr)
