@@ -21,6 +21,10 @@
 #      method x both students x seeds 0 1 2 (issue 4's 20-epoch table).
 # Runs 1-3 run alone because images/s is only comparable without neighbours on the GPU.
 #
+# Back here: `tar xzf OUT/runs.tgz`, read OUT/table.md into docs/RESULTS.md, and ship the best
+# cnn-70k method's seed-0 student (best = highest mean test accuracy over seeds in the table):
+#   .venv/bin/python training/scripts/install_default.py runs/gpu-check/study/cnn-70k-METHOD-e20-s0
+#
 # For a smoke test of the script itself (CPU, minutes), every default can be changed:
 # GPU_CHECK_DEVICE (cuda), GPU_CHECK_EPOCHS (20), GPU_CHECK_TEACHER (wrn16-4),
 # GPU_CHECK_TEACHER_EPOCHS (20), GPU_CHECK_SETS (extra overrides for every run, space-separated),
