@@ -11,10 +11,9 @@ class, so its frames always go to review.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
-
-import math
 
 import numpy as np
 
@@ -89,9 +88,7 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> float:
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
     """P(Bin(n, p) <= k), summed in log space (n up to the size of a calibration split)."""
-    if k >= n:
-        return 1.0
-    if p <= 0.0:
+    if k >= n or p <= 0.0:
         return 1.0
     i = np.arange(k + 1)
     lf = _log_factorials(n)

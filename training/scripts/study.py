@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import signal
+import statistics
 import subprocess
 import sys
 import threading
