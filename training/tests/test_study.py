@@ -57,6 +57,7 @@ import json, signal, sys, time
 from pathlib import Path
 args = sys.argv[1:]
 out = Path(args[args.index("--out") + 1])
+out.mkdir(parents=True, exist_ok=True)  # as edge-kd distill does
 sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
 (out / "args.json").write_text(json.dumps(args))
 if {fail!r} and {fail!r} in str(out):
