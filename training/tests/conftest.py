@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import subprocess
@@ -76,3 +77,21 @@ def cli():
         return r, [json.loads(ln) for ln in r.stdout.splitlines() if ln.strip()]
 
     return run
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    """``scripts(name)``: training/scripts/NAME.py loaded as a module (the scripts are not a package)."""
+    loaded = []
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, TRAINING / "scripts" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up there
+        loaded.append(name)
+        spec.loader.exec_module(mod)
+        return mod
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)

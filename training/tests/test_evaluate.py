@@ -1,22 +1,16 @@
 """training/scripts/evaluate.py: a run's shipped student checked on its test split."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 TRAINING = Path(__file__).resolve().parents[1]
-SCRIPT = TRAINING / "scripts" / "evaluate.py"
 HAVE_FASHION = Path("/usr/share/datasets/fashion-mnist").is_dir()
 
 
 @pytest.fixture(scope="module")
-def evaluate():
-    spec = importlib.util.spec_from_file_location("evaluate", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def evaluate(scripts):
+    return scripts("evaluate")
 
 
 @pytest.mark.skipif(not HAVE_FASHION, reason="/usr/share/datasets/fashion-mnist absent (dataset-fashion-mnist)")

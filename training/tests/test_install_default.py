@@ -1,6 +1,5 @@
 """training/scripts/install_default.py: a finished run becomes the shipped default student."""
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -9,16 +8,12 @@ import pytest
 
 TRAINING = Path(__file__).resolve().parents[1]
 REPO = TRAINING.parent
-SCRIPT = TRAINING / "scripts" / "install_default.py"
 HAVE_FASHION = Path("/usr/share/datasets/fashion-mnist").is_dir()
 
 
 @pytest.fixture(scope="module")
-def installer():
-    spec = importlib.util.spec_from_file_location("install_default", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def installer(scripts):
+    return scripts("install_default")
 
 
 @pytest.fixture

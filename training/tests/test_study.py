@@ -1,6 +1,5 @@
 """The study driver (training/scripts/study.py): scheduling of the shared teacher, and the table."""
 
-import importlib.util
 import json
 import sys
 import time
@@ -8,17 +7,10 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "study.py"
-
 
 @pytest.fixture(scope="module")
-def study():
-    spec = importlib.util.spec_from_file_location("study", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["study"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    yield mod
-    del sys.modules["study"]
+def study(scripts):
+    return scripts("study")
 
 
 def write_summary(run_dir: Path, acc: float, ece: float = 0.01, coverage=0.7, teacher=0.93):
