@@ -132,8 +132,10 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
     train, test, calib = splits.train.to(device), splits.test.to(device), splits.calibration.to(device)
     norm = splits.normalizer
     n_cls, in_ch = len(splits.labels), splits.train.images.shape[1]
-    ctx = Context(device=device, rank=rank, world=world, emit=emit, out=out, seed=cfg.run.seed, amp=cfg.run.amp,
-                  channels_last=cfg.run.channels_last, checkpoint_every=cfg.run.checkpoint_every,
+    cuda = device.type == "cuda"  # bf16 and channels_last pay off there only
+    ctx = Context(device=device, rank=rank, world=world, emit=emit, out=out, seed=cfg.run.seed,
+                  amp=cuda and cfg.run.amp, channels_last=cuda and cfg.run.channels_last,
+                  checkpoint_every=cfg.run.checkpoint_every,
                   log_steps=cfg.run.log_steps, augment_flip=cfg.data.augment_flip,
                   augment_shift=cfg.data.augment_shift, log=log, compile=cfg.run.compile,
                   timing_warmup_steps=cfg.run.timing_warmup_steps, strong_ops=cfg.crld.randaugment_ops,

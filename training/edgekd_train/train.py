@@ -3,7 +3,9 @@
 Design choices (why):
 * No host syncs inside a step: loss and accuracy are summed on the device and read once per
   epoch; only the <= ``log_steps`` step events per epoch read a loss value.
-* bf16 autocast and channels_last only on CUDA (CPU bf16 is slow and changes numerics).
+* bf16 autocast and channels_last are decided once, where the Context is built: the pipeline
+  turns them on only on CUDA (CPU bf16 is slow and changes numerics); tests turn them on on
+  the CPU to run the same code path under CPU autocast.
 * Checkpoints hold model(s) + optimizer + scheduler + epoch + RNG and are always an
   *epoch-end* state, so a resumed run replays whole epochs (the schedulers' step counts stay
   consistent). An interrupt saves the last epoch-end snapshot kept in memory.
@@ -51,8 +53,8 @@ class Context:
     emit: Callable[[dict], None]
     out: Path
     seed: int
-    amp: bool
-    channels_last: bool
+    amp: bool  # bf16 autocast on this device
+    channels_last: bool  # models and batches in channels_last memory format
     checkpoint_every: int
     log_steps: int
     augment_flip: bool
@@ -73,8 +75,8 @@ class Context:
         return self.device.type == "cuda"
 
     def autocast(self):
-        if self.cuda and self.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
 
@@ -88,19 +90,22 @@ class FitResult:
 
 
 def _prepare(x: torch.Tensor, ctx: Context) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if ctx.cuda and ctx.channels_last else x
+    return x.contiguous(memory_format=torch.channels_last) if ctx.channels_last else x
 
 
 @torch.no_grad()
 def predict(model: nn.Module, data: TensorData, norm: Normalizer, ctx: Context, batch: int = 1000) -> torch.Tensor:
-    """fp32 logits (N, K) on the CPU, model in eval mode (restored afterwards)."""
+    """fp32 logits (N, K) on the CPU, model in eval mode (restored afterwards).
+
+    Never under autocast: these logits give the accuracy written on the card and the temperature
+    and thresholds the box applies to the fp32 ONNX model's outputs, so they must be that
+    model's (bf16 logits are off by ~1e-2, enough to move a 0.99 threshold)."""
     was = model.training
     model.eval()
     out = []
     for s in range(0, len(data), batch):
         x = _prepare(norm(data.images[s : s + batch]), ctx)
-        with ctx.autocast():
-            out.append(model(x).float())
+        out.append(model(x).float())
     model.train(was)
     return torch.cat(out).cpu()
 
@@ -196,7 +201,7 @@ def _step_tools(model: nn.Module, distiller: Distiller, norm: Normalizer, ctx: C
             return targets(batch)
 
     views = ViewMaker(distiller.views, norm, ctx.device, flip=ctx.augment_flip, shift=ctx.augment_shift,
-                      channels_last=ctx.cuda and ctx.channels_last, n_ops=ctx.strong_ops, cutout_frac=ctx.cutout,
+                      channels_last=ctx.channels_last, n_ops=ctx.strong_ops, cutout_frac=ctx.cutout,
                       compile_fn=compiler.without_cudagraphs if compiler.enabled else None)
     return StepFunctions(run_forward, run_targets, ctx.world), views
 
@@ -210,7 +215,7 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
     drop_last = ctx.world > 1 or compiler.enabled
     steps = steps_per_epoch(len(train), sec.batch_size, ctx.world, drop_last=drop_last)
     distiller.to(ctx.device)
-    if ctx.cuda and ctx.channels_last:
+    if ctx.channels_last:
         for m in distiller.trainable_modules():
             m.to(memory_format=torch.channels_last)
         if distiller.teacher is not None and not isinstance(distiller.teacher, torch.jit.ScriptModule):
@@ -320,7 +325,7 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
                           "timed_images": timed_images, "timed_seconds": timed_seconds,
                           "warmup_steps_left_out": min(ctx.timing_warmup_steps, steps // 2),
                           "batch_size": sec.batch_size * ctx.world, "lr": lr, "compile": compiler.mode,
-                          "amp": ctx.cuda and ctx.amp, "channels_last": ctx.cuda and ctx.channels_last,
+                          "amp": ctx.amp, "channels_last": ctx.channels_last,
                           "views": distiller.views, "device": ctx.device.type, "world_size": ctx.world}
             test_acc = accuracy(predict(distiller.student, test, norm, ctx), test.labels)
             done = epoch + 1
