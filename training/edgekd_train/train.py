@@ -99,7 +99,8 @@ def predict(model: nn.Module, data: TensorData, norm: Normalizer, ctx: Context, 
 
     Never under autocast: these logits give the accuracy written on the card and the temperature
     and thresholds the box applies to the fp32 ONNX model's outputs, so they must be that
-    model's (bf16 logits are off by ~1e-2, enough to move a 0.99 threshold)."""
+    model's; bf16 keeps 8 significant bits, so its confidences are not the exported model's.
+    (cuDNN may still use TF32 for the convolutions on CUDA, 11 bits, left as it is.)"""
     was = model.training
     model.eval()
     out = []
