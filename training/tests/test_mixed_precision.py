@@ -2,8 +2,8 @@
 
 On CUDA the pipeline trains under bf16 autocast with channels_last models and batches. CI has no
 GPU, so these tests build the same Context on the CPU (CPU autocast, the same code path): every
-method's step must run, keep fp32 weights, learn, log finite losses and leave a student whose
-ONNX export matches PyTorch. What they cannot show is CUDA's own autocast op lists or speed:
+method's step must run, keep fp32 weights, move them the way the fp32 step does, log finite
+losses and leave a student whose ONNX export matches PyTorch. What they cannot show is CUDA's own autocast op lists or speed:
 that is the owed GPU check (training/scripts/gpu_check.sh)."""
 
 import math
@@ -34,7 +34,7 @@ METHODS = {
 
 
 def _data(n, seed):
-    # Learnable: each class is a brighter band of rows.
+    # Each class a brighter band of rows, so the gradients carry the labels' signal, not noise only.
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 10
     images = torch.randint(0, 120, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
