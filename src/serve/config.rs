@@ -265,6 +265,8 @@ pub struct MqttConfig {
     pub spool_dir: Option<PathBuf>,
     #[serde(default = "default_fsync")]
     pub fsync: FsyncPolicy,
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval_ms: u64,
     /// Publishes in flight before waiting for the broker's acknowledgements.
     #[serde(default = "default_window")]
     pub window: usize,
@@ -462,6 +464,9 @@ impl ServeConfig {
             if m.topic_prefix.is_empty() || m.topic_prefix.contains(['#', '+']) {
                 return bad("sinks.mqtt.topic_prefix".into(), "must be non-empty, without MQTT wildcards");
             }
+            if m.fsync == FsyncPolicy::Interval && m.fsync_interval_ms == 0 {
+                return bad("sinks.mqtt.fsync_interval_ms".into(), "must be > 0 with fsync = \"interval\"");
+            }
             if m.window == 0 {
                 return bad("sinks.mqtt.window".into(), "must be > 0");
             }
@@ -493,4 +498,23 @@ fn host_name() -> String {
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
         .collect();
     if cleaned.is_empty() { "box".into() } else { cleaned }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mqtt_spool_interval_is_read_and_must_be_positive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        let base = "[[source]]\nname = \"a\"\nhttp = {}\n[sinks.mqtt]\nhost = \"broker\"\n";
+        std::fs::write(&path, format!("{base}fsync_interval_ms = 0\n")).unwrap();
+        let err = ServeConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("sinks.mqtt.fsync_interval_ms: must be > 0"), "{err}");
+
+        std::fs::write(&path, format!("{base}fsync = \"interval\"\nfsync_interval_ms = 250\n")).unwrap();
+        let mqtt = ServeConfig::load(&path).unwrap().sinks.mqtt.unwrap();
+        assert_eq!((mqtt.fsync, mqtt.fsync_interval_ms), (FsyncPolicy::Interval, 250));
+    }
 }

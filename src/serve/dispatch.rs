@@ -172,6 +172,11 @@ impl Dispatcher {
         {
             tracing::error!("{e}");
         }
+        if let Some(m) = &self.mqtt
+            && let Err(e) = m.spool.lock().unwrap_or_else(|p| p.into_inner()).tick()
+        {
+            tracing::error!("{e}");
+        }
     }
 
     /// Writes what is waiting; true when nothing is left waiting.

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::Notify;
@@ -158,7 +159,8 @@ pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> 
     let mqtt_parts = match &config.sinks.mqtt {
         Some(m) => {
             let dir = m.spool_dir.clone().unwrap_or_else(|| config.box_.state_dir.join("mqtt-spool"));
-            let spool = Spool::open(&dir, m.fsync).map_err(|e| setup("sinks.mqtt.spool_dir", &e))?;
+            let spool = Spool::open(&dir, m.fsync, Duration::from_millis(m.fsync_interval_ms))
+                .map_err(|e| setup("sinks.mqtt.spool_dir", &e))?;
             if spool.pending() > 0 {
                 tracing::info!("MQTT spool: {} results from before are published first", spool.pending());
             }
