@@ -4,7 +4,7 @@
 //! preprocessing used in training is the one used on the box. The format is fixed by
 //! `docs/card.schema.json`; parsing is strict (unknown fields are errors) and versioned.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -16,12 +16,35 @@ pub const METADATA_KEY: &str = "edge_kd.card";
 /// The card versions this build can read.
 pub const SCHEMA_VERSION: u32 = 1;
 
+// Bounds on a card. It comes from a model file, which can come from anywhere; these keep a
+// broken or hostile one from costing the box more than a few MiB, with room to spare for any
+// real classifier. docs/card.schema.json states the same numbers (maxItems, maxLength) and
+// the Python writer refuses to write past them. Lengths are in characters, as JSON Schema's
+// maxLength counts them.
+/// The card's JSON: room for 100,000 labels of ImageNet-21k-sized names (~30 bytes) with the
+/// rest of the card, while a hostile card parses in a few tens of MiB at most.
+pub const MAX_CARD_JSON_BYTES: usize = 4 << 20;
+/// ImageNet-21k has 21,841 classes; the largest label sets in use stay under 100,000.
+pub const MAX_LABELS: usize = 100_000;
+/// Multimodal students have a handful of inputs.
+pub const MAX_INPUTS: usize = 64;
+/// A name: the card's, a label, an input, the output, a teacher, a metric, a data set. Real
+/// ones are under 100 characters.
+pub const MAX_NAME_CHARS: usize = 1024;
+/// Free text: a calibration note (which may quote a label) or the command that made the model.
+pub const MAX_TEXT_CHARS: usize = 4096;
+
 #[derive(Debug, Error)]
 pub enum CardError {
     #[error("card.{field}: {message}")]
     Field { field: String, message: String },
     #[error("card is not valid JSON: {0}")]
     Json(String),
+    #[error(
+        "card: {bytes} bytes of JSON, more than the {MAX_CARD_JSON_BYTES} ({} MiB) a card may take",
+        MAX_CARD_JSON_BYTES >> 20
+    )]
+    TooLarge { bytes: usize },
 }
 
 fn field_error(field: impl Into<String>, message: impl Into<String>) -> CardError {
@@ -211,6 +234,9 @@ impl Card {
     /// Parses a card strictly: the schema version first (so that a newer card gets a
     /// "newer version" error, not a confusing field error), then every field.
     pub fn parse(json: &str) -> Result<Card, CardError> {
+        if json.len() > MAX_CARD_JSON_BYTES {
+            return Err(CardError::TooLarge { bytes: json.len() });
+        }
         let value: serde_json::Value =
             serde_json::from_str(json).map_err(|e| CardError::Json(e.to_string()))?;
         match value.get("schema") {
@@ -230,12 +256,66 @@ impl Card {
                 None => return Err(field_error("schema", format!("expected an integer, got {v}"))),
             },
         }
-        serde_path_to_error::deserialize::<_, Card>(value).map_err(|e| {
+        let card = serde_path_to_error::deserialize::<_, Card>(value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             let message = e.into_inner().to_string();
             if path.is_empty() { CardError::Json(message) } else { field_error(path, message) }
-        })
+        })?;
+        card.check_bounds()?;
+        Ok(card)
+    }
+
+    /// The bounds above, field by field, in the card's order. Field names are formatted
+    /// only for an error: a card may hold 100,000 labels.
+    fn check_bounds(&self) -> Result<(), CardError> {
+        check_count(self.labels.len(), MAX_LABELS, "labels")?;
+        check_count(self.inputs.len(), MAX_INPUTS, "inputs")?;
+        let name = |value: &str, field: &dyn Fn() -> String| check_chars(value, MAX_NAME_CHARS, field);
+        let text = |value: &str, field: &dyn Fn() -> String| check_chars(value, MAX_TEXT_CHARS, field);
+        name(&self.name, &|| "name".into())?;
+        for (i, label) in self.labels.iter().enumerate() {
+            name(label, &|| format!("labels[{i}]"))?;
+        }
+        for (i, input) in self.inputs.iter().enumerate() {
+            name(&input.name, &|| format!("inputs[{i}].name"))?;
+            name(&input.modality, &|| format!("inputs[{i}].modality"))?;
+        }
+        if let Some(mask) = self.missing_modality.as_ref().and_then(|m| m.mask_input.as_deref()) {
+            name(mask, &|| "missing_modality.mask_input".into())?;
+        }
+        name(&self.output, &|| "output".into())?;
+        if let Some(cal) = &self.calibration {
+            for key in cal.accept.per_class.keys() {
+                name(key, &|| "calibration.accept.per_class".into())?;
+            }
+            for (i, note) in cal.notes.iter().enumerate() {
+                text(note, &|| format!("calibration.notes[{i}]"))?;
+            }
+        }
+        if let Some(p) = &self.provenance {
+            let fields = [
+                ("method", &p.method),
+                ("dataset", &p.dataset),
+                ("edge_kd_version", &p.edge_kd_version),
+                ("created", &p.created),
+            ];
+            for (field, value) in fields {
+                if let Some(v) = value {
+                    name(v, &|| format!("provenance.{field}"))?;
+                }
+            }
+            for (i, teacher) in p.teachers.iter().enumerate() {
+                name(teacher, &|| format!("provenance.teachers[{i}]"))?;
+            }
+            for key in p.metrics.keys() {
+                name(key, &|| "provenance.metrics".into())?;
+            }
+            if let Some(command) = &p.command {
+                text(command, &|| "provenance.command".into())?;
+            }
+        }
+        Ok(())
     }
 
     pub fn to_json(&self) -> String {
@@ -250,19 +330,39 @@ impl Card {
         if self.labels.is_empty() {
             return Err(field_error("labels", "must list at least one class"));
         }
+        // A map, not a scan of the labels before each one: a card may hold 100,000.
+        let mut seen = HashMap::with_capacity(self.labels.len());
         for (i, label) in self.labels.iter().enumerate() {
             if label.is_empty() {
                 return Err(field_error(format!("labels[{i}]"), "must not be empty"));
             }
-            if self.labels[..i].contains(label) {
-                return Err(field_error(format!("labels[{i}]"), format!("{label:?} appears twice")));
+            if let Some(first) = seen.insert(label.as_str(), i) {
+                return Err(field_error(
+                    format!("labels[{i}]"),
+                    format!("{label:?} appears twice (also labels[{first}])"),
+                ));
             }
         }
         if self.inputs.is_empty() {
             return Err(field_error("inputs", "must describe at least one input"));
         }
         for (i, input) in self.inputs.iter().enumerate() {
+            if let Some(first) = self.inputs[..i].iter().position(|other| other.name == input.name) {
+                return Err(field_error(
+                    format!("inputs[{i}].name"),
+                    format!("{:?} is already the name of inputs[{first}]", input.name),
+                ));
+            }
             validate_input(input, &format!("inputs[{i}]"), graph.input(&input.name))?;
+        }
+        if let Some(mask) = self.missing_modality.as_ref().and_then(|m| m.mask_input.as_ref())
+            && !self.inputs.iter().any(|i| &i.name == mask)
+        {
+            let names: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(field_error(
+                "missing_modality.mask_input",
+                format!("{mask:?} is not one of the card's inputs ({})", names.join(", ")),
+            ));
         }
         let Some(output) = graph.output(&self.output) else {
             let names: Vec<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
@@ -310,6 +410,27 @@ impl Card {
     pub fn temperature(&self) -> f32 {
         self.calibration.as_ref().map_or(1.0, |c| c.temperature)
     }
+}
+
+fn check_count(count: usize, limit: usize, field: &str) -> Result<(), CardError> {
+    if count > limit {
+        return Err(field_error(field, format!("{count} items, more than the {limit} a card allows")));
+    }
+    Ok(())
+}
+
+fn check_chars(value: &str, limit: usize, field: &dyn Fn() -> String) -> Result<(), CardError> {
+    // A string's bytes bound its characters from above: most need no count.
+    if value.len() > limit {
+        let chars = value.chars().count();
+        if chars > limit {
+            return Err(field_error(
+                field(),
+                format!("{chars} characters, more than the {limit} a card allows"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_probability(p: Option<f32>, field: &str) -> Result<(), CardError> {
@@ -440,11 +561,83 @@ mod tests {
             (VALID.replace("0.9,", "1.5,"), "card.calibration.accept.default: 1.5"),
             (VALID.replace("[1, 1, 4, 4]", "[1, 1, 5, 4]"), "does not fit the graph input"),
             (VALID.replace("\"logits\"", "\"probs\""), "card.output: the graph has no output"),
+            (
+                VALID.replace(
+                    "\"output\"",
+                    "\"missing_modality\": {\"policy\": \"zero-fill\", \"mask_input\": \"mask\"}, \"output\"",
+                ),
+                "card.missing_modality.mask_input: \"mask\" is not one of the card's inputs (image)",
+            ),
         ];
         for (json, expected) in cases {
             let message = error_of(&json, 3);
             assert!(message.contains(expected), "{message:?} should contain {expected:?}");
         }
         assert!(error_of(VALID, 10).contains("card.labels: 3 labels but the output"));
+    }
+
+    /// VALID with one change made to its JSON.
+    fn valid_with(change: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut card: serde_json::Value = serde_json::from_str(VALID).unwrap();
+        change(&mut card);
+        card.to_string()
+    }
+
+    #[test]
+    fn a_card_one_past_each_bound_is_refused_with_the_bound_named() {
+        let long = |n: usize| serde_json::Value::from("x".repeat(n));
+        let labels = |n: usize| serde_json::Value::from((0..n).map(|i| i.to_string()).collect::<Vec<_>>());
+        let cases = [
+            (
+                valid_with(|c| c["labels"] = labels(MAX_LABELS + 1)),
+                "card.labels: 100001 items, more than the 100000",
+            ),
+            (
+                valid_with(|c| c["inputs"] = vec![c["inputs"][0].clone(); MAX_INPUTS + 1].into()),
+                "card.inputs: 65 items, more than the 64 a card allows",
+            ),
+            (
+                valid_with(|c| c["name"] = long(MAX_NAME_CHARS + 1)),
+                "card.name: 1025 characters, more than the 1024",
+            ),
+            (valid_with(|c| c["labels"][1] = long(MAX_NAME_CHARS + 1)), "card.labels[1]: 1025 characters"),
+            (
+                valid_with(|c| c["inputs"][0]["name"] = long(MAX_NAME_CHARS + 1)),
+                "card.inputs[0].name: 1025 characters",
+            ),
+            (valid_with(|c| c["output"] = long(MAX_NAME_CHARS + 1)), "card.output: 1025 characters"),
+            (
+                valid_with(|c| c["calibration"]["notes"] = vec![long(MAX_TEXT_CHARS + 1)].into()),
+                "card.calibration.notes[0]: 4097 characters, more than the 4096 a card allows",
+            ),
+            (
+                valid_with(|c| {
+                    c["provenance"] = serde_json::json!({"command": "x".repeat(MAX_TEXT_CHARS + 1)})
+                }),
+                "card.provenance.command: 4097 characters",
+            ),
+            (
+                format!("{VALID}{}", " ".repeat(MAX_CARD_JSON_BYTES + 1 - VALID.len())),
+                "card: 4194305 bytes of JSON, more than the 4194304 (4 MiB) a card may take",
+            ),
+        ];
+        for (json, expected) in cases {
+            let message = Card::parse(&json).unwrap_err().to_string();
+            assert!(message.starts_with(expected), "{message:.200} should start with {expected:?}");
+        }
+    }
+
+    #[test]
+    fn a_card_at_each_bound_is_read() {
+        let at_limits = valid_with(|c| {
+            c["labels"] = (0..MAX_LABELS).map(|i| i.to_string()).collect::<Vec<_>>().into();
+            // Characters, not bytes, are counted: 1024 two-byte characters fit.
+            c["name"] = "é".repeat(MAX_NAME_CHARS).into();
+            c["calibration"]["notes"] = vec!["n".repeat(MAX_TEXT_CHARS)].into();
+        });
+        let card = Card::parse(&at_limits).unwrap();
+        assert_eq!((card.labels.len(), card.name.chars().count()), (MAX_LABELS, MAX_NAME_CHARS));
+        let padded = format!("{VALID}{}", " ".repeat(MAX_CARD_JSON_BYTES - VALID.len()));
+        assert!(Card::parse(&padded).is_ok(), "exactly {MAX_CARD_JSON_BYTES} bytes of JSON are allowed");
     }
 }

@@ -3,14 +3,46 @@
 //!
 //! This keeps `card` independent of the engines: a model can be described, validated
 //! and refused before any engine loads it.
+//!
+//! The file may come from anywhere, so nothing it declares is trusted: a length is checked
+//! against the bytes that remain before it is used, varints and field numbers are checked
+//! for overflow, every string is a copy of bytes the file holds (never a buffer sized by a
+//! declared length), and the records read (metadata entries, opsets, inputs, outputs,
+//! dimensions) are capped in number, so no file makes the reader hold more than the file's
+//! own size in strings plus under 20 MiB of records (2 × 16,384 values of up to 32
+//! dimensions, with room for vectors doubling; the rest is small).
 
 use std::collections::HashSet;
 
 use thiserror::Error;
 
+/// Far more `metadata_props` entries than any exporter writes (they write a handful).
+pub const MAX_METADATA_PROPS: usize = 1024;
+/// Metadata keys are short identifiers such as `edge_kd.card`.
+pub const MAX_METADATA_KEY_BYTES: usize = 1024;
+/// Room for the card (at most [`crate::card::MAX_CARD_JSON_BYTES`]) and for what other
+/// tools store, such as a vocabulary, without letting one entry claim the box's memory.
+pub const MAX_METADATA_VALUE_BYTES: usize = 16 << 20;
+/// Opset imports: one per operator domain, a few in practice.
+pub const MAX_OPSETS: usize = 1024;
+/// Graph inputs and outputs each. Old IR versions list every weight as an input too, so
+/// this leaves room for a model with thousands of weight tensors.
+pub const MAX_GRAPH_VALUES: usize = 16_384;
+/// Dimensions of one input or output; the models in use stay at or below rank 8.
+pub const MAX_RANK: usize = 32;
+
 #[derive(Debug, Error)]
 #[error("not a valid ONNX model: {0}")]
 pub struct OnnxError(String);
+
+/// Pushes `item` unless `list` already holds `limit` entries.
+fn push_bounded<T>(list: &mut Vec<T>, item: T, limit: usize, what: &str) -> Result<(), OnnxError> {
+    if list.len() >= limit {
+        return Err(OnnxError(format!("more than {limit} {what}, the most edge-kd reads")));
+    }
+    list.push(item);
+    Ok(())
+}
 
 /// One graph input or output as declared in the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,8 +106,13 @@ pub fn read_model_info(bytes: &[u8]) -> Result<ModelInfo, OnnxError> {
             }
             (2, Value::Bytes(b)) => info.producer = utf8(b, "producer_name")?,
             (7, Value::Bytes(b)) => graph = Some(b),
-            (8, Value::Bytes(b)) => info.opsets.push(read_opset(b)?),
-            (14, Value::Bytes(b)) => info.metadata.push(read_string_pair(b)?),
+            (8, Value::Bytes(b)) => {
+                push_bounded(&mut info.opsets, read_opset(b)?, MAX_OPSETS, "opset imports")?
+            }
+            (14, Value::Bytes(b)) => {
+                let entry = read_string_pair(b, info.metadata.len())?;
+                push_bounded(&mut info.metadata, entry, MAX_METADATA_PROPS, "metadata_props entries")?;
+            }
             _ => {}
         }
     }
@@ -91,29 +128,42 @@ pub fn read_model_info(bytes: &[u8]) -> Result<ModelInfo, OnnxError> {
 }
 
 fn read_graph(bytes: &[u8], info: &mut ModelInfo) -> Result<(), OnnxError> {
-    let mut initializers = HashSet::new();
     let mut inputs = Vec::new();
     for field in Fields::new(bytes) {
         match field? {
-            (5, Value::Bytes(b)) => {
-                if let Some(name) = read_tensor_name(b)? {
-                    initializers.insert(name);
-                }
+            (11, Value::Bytes(b)) => {
+                push_bounded(&mut inputs, read_value_info(b)?, MAX_GRAPH_VALUES, "graph inputs")?
             }
-            (11, Value::Bytes(b)) => inputs.push(read_value_info(b)?),
-            (12, Value::Bytes(b)) => info.outputs.push(read_value_info(b)?),
+            (12, Value::Bytes(b)) => {
+                push_bounded(&mut info.outputs, read_value_info(b)?, MAX_GRAPH_VALUES, "graph outputs")?
+            }
             _ => {}
         }
     }
-    // Models exported with old IR versions list their weights as graph inputs too.
-    info.inputs = inputs.into_iter().filter(|i| !initializers.contains(&i.name)).collect();
+    // Models exported with old IR versions list their weights as graph inputs too. Only
+    // initializer names that are input names are kept, borrowed from the file, so a graph
+    // of many weights costs nothing here.
+    let input_names: HashSet<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+    let mut weights = HashSet::new();
+    for field in Fields::new(bytes) {
+        if let (5, Value::Bytes(b)) = field?
+            && let Some(name) = read_tensor_name(b)?
+            && input_names.contains(name)
+        {
+            weights.insert(name);
+        }
+    }
+    inputs.retain(|i| !weights.contains(i.name.as_str()));
+    info.inputs = inputs;
     Ok(())
 }
 
-fn read_tensor_name(bytes: &[u8]) -> Result<Option<String>, OnnxError> {
+fn read_tensor_name(bytes: &[u8]) -> Result<Option<&str>, OnnxError> {
     for field in Fields::new(bytes) {
         if let (8, Value::Bytes(b)) = field? {
-            return Ok(Some(utf8(b, "initializer name")?));
+            return std::str::from_utf8(b)
+                .map(Some)
+                .map_err(|_| OnnxError("initializer name is not UTF-8".into()));
         }
     }
     Ok(None)
@@ -151,7 +201,7 @@ fn read_tensor_type(bytes: &[u8], t: &mut TensorInfo) -> Result<(), OnnxError> {
                                 value = Some(v as i64);
                             }
                         }
-                        dims.push(value);
+                        push_bounded(&mut dims, value, MAX_RANK, "dimensions in one shape")?;
                     }
                 }
                 t.shape = Some(dims);
@@ -175,16 +225,30 @@ fn read_opset(bytes: &[u8]) -> Result<(String, i64), OnnxError> {
     Ok((domain, version))
 }
 
-fn read_string_pair(bytes: &[u8]) -> Result<(String, String), OnnxError> {
+/// One `metadata_props` entry; `index` names it in errors.
+fn read_string_pair(bytes: &[u8], index: usize) -> Result<(String, String), OnnxError> {
     let (mut key, mut value) = (String::new(), String::new());
     for field in Fields::new(bytes) {
         match field? {
-            (1, Value::Bytes(b)) => key = utf8(b, "metadata key")?,
-            (2, Value::Bytes(b)) => value = utf8(b, "metadata value")?,
+            (1, Value::Bytes(b)) => {
+                key = bounded_utf8(b, MAX_METADATA_KEY_BYTES, &format!("metadata_props[{index}].key"))?
+            }
+            (2, Value::Bytes(b)) => {
+                let what = format!("metadata_props[{index}] ({:?}).value", key);
+                value = bounded_utf8(b, MAX_METADATA_VALUE_BYTES, &what)?
+            }
             _ => {}
         }
     }
     Ok((key, value))
+}
+
+/// Checked before the copy, so an oversized string is never allocated.
+fn bounded_utf8(b: &[u8], limit: usize, what: &str) -> Result<String, OnnxError> {
+    if b.len() > limit {
+        return Err(OnnxError(format!("{what} is {} bytes, more than the {limit} edge-kd reads", b.len())));
+    }
+    utf8(b, what)
 }
 
 fn utf8(b: &[u8], what: &str) -> Result<String, OnnxError> {
@@ -213,6 +277,10 @@ impl<'a> Fields<'a> {
         for i in 0..10 {
             let (&byte, rest) = self.buf.split_first().ok_or_else(|| OnnxError("truncated varint".into()))?;
             self.buf = rest;
+            // The tenth byte holds bit 63 only: anything more does not fit 64 bits.
+            if i == 9 && byte > 1 {
+                return Err(OnnxError("varint does not fit 64 bits".into()));
+            }
             value |= u64::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {
                 return Ok(value);
@@ -235,10 +303,11 @@ impl<'a> Fields<'a> {
 
     fn next_field(&mut self) -> Result<(u32, Value<'a>), OnnxError> {
         let key = self.varint()?;
-        let number = (key >> 3) as u32;
-        if number == 0 {
-            return Err(OnnxError("field number 0".into()));
-        }
+        // Protobuf field numbers are 1 ..= 2^29 - 1.
+        let number = u32::try_from(key >> 3)
+            .ok()
+            .filter(|n| (1..1 << 29).contains(n))
+            .ok_or_else(|| OnnxError(format!("field number {} is out of range", key >> 3)))?;
         let value = match key & 7 {
             0 => Value::Varint(self.varint()?),
             1 => {
@@ -357,5 +426,103 @@ mod tests {
         let m = model(false);
         assert!(read_model_info(&m[..m.len() / 2]).is_err());
         assert!(read_model_info(&[]).is_err());
+    }
+
+    /// A model with one output, the given metadata entries and one input of `rank` dimensions.
+    fn model_with(metadata: &[(&[u8], &[u8])], rank: usize) -> Vec<u8> {
+        let mut graph = Vec::new();
+        bytes_field(11, &value_info("image", &vec![Some(1); rank]), &mut graph);
+        bytes_field(12, &value_info("logits", &[Some(1), Some(10)]), &mut graph);
+        let mut m = Vec::new();
+        varint(1 << 3, &mut m);
+        varint(8, &mut m);
+        bytes_field(7, &graph, &mut m);
+        for (key, value) in metadata {
+            let mut entry = Vec::new();
+            bytes_field(1, key, &mut entry);
+            bytes_field(2, value, &mut entry);
+            bytes_field(14, &entry, &mut m);
+        }
+        m
+    }
+
+    fn error_of(bytes: &[u8]) -> String {
+        read_model_info(bytes).map(|_| ()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn metadata_is_read_up_to_its_documented_bounds_and_refused_past_them() {
+        let key = vec![b'k'; MAX_METADATA_KEY_BYTES];
+        let value = vec![b'v'; MAX_METADATA_VALUE_BYTES];
+        let info = read_model_info(&model_with(&[(&key, &value)], 4)).unwrap();
+        assert_eq!(info.metadata[0].1.len(), MAX_METADATA_VALUE_BYTES, "the limits themselves are allowed");
+
+        let long_key = vec![b'k'; MAX_METADATA_KEY_BYTES + 1];
+        let message = error_of(&model_with(&[(&long_key, b"v")], 4));
+        assert!(
+            message.contains("metadata_props[0].key is 1025 bytes, more than the 1024 edge-kd reads"),
+            "{message}"
+        );
+        let long_value = vec![b'v'; MAX_METADATA_VALUE_BYTES + 1];
+        let message = error_of(&model_with(&[(b"notes", &long_value)], 4));
+        assert!(
+            message.contains(&format!(
+                "metadata_props[0] (\"notes\").value is {} bytes, more than the {MAX_METADATA_VALUE_BYTES}",
+                MAX_METADATA_VALUE_BYTES + 1
+            )),
+            "{message}"
+        );
+
+        let names: Vec<Vec<u8>> = (0..=MAX_METADATA_PROPS).map(|i| format!("k{i}").into_bytes()).collect();
+        let entries: Vec<(&[u8], &[u8])> = names.iter().map(|k| (k.as_slice(), &b"v"[..])).collect();
+        let message = error_of(&model_with(&entries, 4));
+        assert!(message.contains("more than 1024 metadata_props entries"), "{message}");
+        assert!(read_model_info(&model_with(&entries[..MAX_METADATA_PROPS], 4)).is_ok());
+    }
+
+    #[test]
+    fn shapes_of_absurd_rank_are_refused() {
+        assert!(read_model_info(&model_with(&[], MAX_RANK)).is_ok());
+        let message = error_of(&model_with(&[], MAX_RANK + 1));
+        assert!(message.contains("more than 32 dimensions in one shape"), "{message}");
+    }
+
+    #[test]
+    fn declared_lengths_and_varints_are_checked_before_they_are_used() {
+        // A metadata entry claiming 2^62 bytes: refused without trying to hold them.
+        let mut m = model_with(&[], 4);
+        varint(14 << 3 | 2, &mut m);
+        varint(1 << 62, &mut m);
+        m.extend_from_slice(b"tiny");
+        let message = error_of(&m);
+        assert!(message.contains("claims 4611686018427387904 bytes but only 4 remain"), "{message}");
+
+        // Ten varint bytes whose last one carries more than bit 63.
+        let mut m = model_with(&[], 4);
+        m.extend_from_slice(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]);
+        let message = error_of(&m);
+        assert!(message.contains("varint does not fit 64 bits"), "{message}");
+
+        // A field number beyond protobuf's 2^29 - 1.
+        let mut m = model_with(&[], 4);
+        varint((1u64 << 32) << 3, &mut m);
+        varint(1, &mut m);
+        let message = error_of(&m);
+        assert!(message.contains("field number 4294967296 is out of range"), "{message}");
+    }
+
+    #[test]
+    fn no_truncation_or_corrupted_byte_makes_the_reader_panic() {
+        let good = model(true);
+        for end in 0..good.len() {
+            let _ = read_model_info(&good[..end]);
+        }
+        for i in 0..good.len() {
+            for byte in [0x00, 0x7f, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[i] = byte;
+                let _ = read_model_info(&bad);
+            }
+        }
     }
 }

@@ -3,10 +3,11 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use edge_kd::card::Card;
+use edge_kd::card::{Card, MAX_CARD_JSON_BYTES, MAX_INPUTS, MAX_LABELS, MAX_NAME_CHARS, MAX_TEXT_CHARS};
 use edge_kd::model::{CardlessOptions, Model};
 use edge_kd::onnx_meta::{ModelInfo, TensorInfo};
 
@@ -23,18 +24,26 @@ fn vectors(dir: &str) -> Vec<(PathBuf, String)> {
     files.into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect()
 }
 
-/// A graph that fits the card as far as the card can be read.
+/// The start of the error both parsers give for a rejected vector, by `dir/file.json`.
+fn expected_errors() -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(fixture("cards/expected_errors.json")).unwrap();
+    serde_json::from_str(&text).expect("expected_errors.json maps file names to messages")
+}
+
+/// A graph that fits the card as far as the card can be read: one graph input per card input.
 fn graph_for(json: &str) -> ModelInfo {
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    let input = &v["inputs"][0];
-    let shape = input["shape"].as_array().map(|d| d.iter().map(|x| x.as_i64()).collect());
+    let inputs = v["inputs"].as_array().map_or(&[][..], Vec::as_slice);
     let labels = v["labels"].as_array().map_or(0, Vec::len) as i64;
     ModelInfo {
-        inputs: vec![TensorInfo {
-            name: input["name"].as_str().unwrap_or("image").into(),
-            elem_type: Some(1),
-            shape,
-        }],
+        inputs: inputs
+            .iter()
+            .map(|input| TensorInfo {
+                name: input["name"].as_str().unwrap_or("image").into(),
+                elem_type: Some(1),
+                shape: input["shape"].as_array().map(|d| d.iter().map(|x| x.as_i64()).collect()),
+            })
+            .collect(),
         outputs: vec![TensorInfo {
             name: v["output"].as_str().unwrap_or("logits").into(),
             elem_type: Some(1),
@@ -69,23 +78,87 @@ fn valid_vectors_pass_schema_and_parser() {
 #[test]
 fn invalid_vectors_fail_schema_and_parser() {
     let schema = schema();
+    let expected = expected_errors();
     for (path, json) in vectors("invalid") {
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert!(!schema.is_valid(&value), "{}: schema accepts it", name(&path));
         let err = rust_accepts(&json).expect_err(&name(&path));
         assert!(err.starts_with("card"), "{}: error does not name the card field: {err}", name(&path));
+        let want = &expected[&format!("invalid/{}", name(&path))];
+        assert!(err.starts_with(want.as_str()), "{}: {err:.200}\n  should start with {want}", name(&path));
     }
 }
 
 #[test]
 fn semantic_vectors_pass_schema_but_fail_parser() {
     let schema = schema();
+    let expected = expected_errors();
     for (path, json) in vectors("semantic") {
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert!(schema.is_valid(&value), "{}: schema refuses it", name(&path));
         let err = rust_accepts(&json).expect_err(&name(&path));
-        assert!(err.starts_with("card."), "{}: {err}", name(&path));
+        let want = &expected[&format!("semantic/{}", name(&path))];
+        assert!(err.starts_with(want.as_str()), "{}: {err}\n  should start with {want}", name(&path));
     }
+}
+
+#[test]
+fn every_expected_error_belongs_to_a_rejected_vector() {
+    for key in expected_errors().keys() {
+        assert!(
+            key.starts_with("invalid/") || key.starts_with("semantic/"),
+            "{key}: only rejected vectors have an error"
+        );
+        assert!(fixture(&format!("cards/{key}")).is_file(), "{key}: no such vector");
+    }
+}
+
+/// Every subschema of the schema that describes a string (property names included), by path.
+fn string_parts<'a>(
+    node: &'a serde_json::Value,
+    path: String,
+    out: &mut Vec<(String, &'a serde_json::Value)>,
+) {
+    if let Some(map) = node.as_object() {
+        let is_string = match map.get("type") {
+            Some(serde_json::Value::String(t)) => t == "string",
+            Some(serde_json::Value::Array(ts)) => ts.iter().any(|t| t == "string"),
+            _ => path.ends_with("/propertyNames"),
+        };
+        if is_string {
+            out.push((path.clone(), node));
+        }
+        for (key, child) in map {
+            string_parts(child, format!("{path}/{key}"), out);
+        }
+    } else if let Some(items) = node.as_array() {
+        for (i, child) in items.iter().enumerate() {
+            string_parts(child, format!("{path}/{i}"), out);
+        }
+    }
+}
+
+#[test]
+fn the_schema_states_the_bounds_the_parser_enforces() {
+    let text = std::fs::read_to_string(root().join("docs/card.schema.json")).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut parts = Vec::new();
+    string_parts(&schema, String::new(), &mut parts);
+    for (path, part) in &parts {
+        let max = part["maxLength"].as_u64().unwrap_or_else(|| panic!("{path}: a string without maxLength"));
+        assert!(
+            [MAX_NAME_CHARS, MAX_TEXT_CHARS].contains(&(max as usize)),
+            "{path}: maxLength {max} is neither MAX_NAME_CHARS nor MAX_TEXT_CHARS"
+        );
+    }
+    assert!(parts.len() >= 15, "the walk found only {} strings", parts.len());
+    let props = &schema["properties"];
+    assert_eq!(props["labels"]["maxItems"], MAX_LABELS);
+    assert_eq!(props["inputs"]["maxItems"], MAX_INPUTS);
+    assert_eq!(props["name"]["maxLength"], MAX_NAME_CHARS);
+    assert_eq!(schema["$defs"]["provenance"]["properties"]["command"]["maxLength"], MAX_TEXT_CHARS);
+    let description = schema["description"].as_str().unwrap();
+    assert!(description.contains(&format!("at most {MAX_CARD_JSON_BYTES} bytes")), "{description}");
 }
 
 #[test]

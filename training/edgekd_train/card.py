@@ -13,7 +13,12 @@ Besides the JSON Schema, :func:`validate_card` makes the checks a schema cannot 
 
 * every input's ``mean`` and ``std`` hold one value per channel: 1 for ``gray``, 3 for
   ``rgb``/``bgr``, and that count equals ``shape[1]`` (NCHW);
-* ``calibration.accept.per_class`` keys are labels.
+* ``calibration.accept.per_class`` keys are labels;
+* input names are unique, and ``missing_modality.mask_input`` (when set) names an input;
+* the card's JSON, as :func:`write_card` stores it, is at most ``MAX_CARD_JSON_BYTES``.
+
+The schema bounds every string and list (a card comes from a model file, which may come
+from anywhere); the Rust reader (src/card.rs) refuses the same, with the same messages.
 
 :func:`write_card` also checks the card against the graph: the output named
 ``card["output"]`` exists and its last dimension (when static) equals the number of
@@ -35,6 +40,9 @@ import onnx
 CARD_KEY = "edge_kd.card"
 SCHEMA_RELPATH = Path("docs") / "card.schema.json"
 CHANNELS = {"gray": 1, "rgb": 3, "bgr": 3}
+# The one bound JSON Schema cannot state; src/card.rs's MAX_CARD_JSON_BYTES, and the schema's
+# description says it too.
+MAX_CARD_JSON_BYTES = 4 << 20
 
 
 class CardError(ValueError):
@@ -76,12 +84,36 @@ def _field(path) -> str:
     return out
 
 
+def _card_json(card: dict) -> str:
+    """The text :func:`write_card` stores."""
+    return json.dumps(card, ensure_ascii=False)
+
+
+def _check_json_size(nbytes: int) -> None:
+    if nbytes > MAX_CARD_JSON_BYTES:
+        raise CardError(
+            f"card: {nbytes} bytes of JSON, more than the {MAX_CARD_JSON_BYTES} "
+            f"({MAX_CARD_JSON_BYTES >> 20} MiB) a card may take"
+        )
+
+
+def _schema_message(err) -> str:
+    # jsonschema's own message for a bound quotes the whole value (100,000 labels, say) and
+    # not the bound; this one names the bound, as the Rust reader's does.
+    if err.validator == "maxItems":
+        return f"{len(err.instance)} items, more than the {err.validator_value} a card allows"
+    if err.validator == "maxLength":
+        return f"{len(err.instance)} characters, more than the {err.validator_value} a card allows"
+    return err.message
+
+
 def validate_card(card: dict) -> None:
     """Raise :class:`CardError` unless ``card`` is a valid schema-1 card."""
     validator = jsonschema.Draft202012Validator(load_schema())
     err = jsonschema.exceptions.best_match(validator.iter_errors(card))
     if err is not None:
-        raise CardError(f"{_field(err.absolute_path)}: {err.message}")
+        raise CardError(f"{_field(err.absolute_path)}: {_schema_message(err)}")
+    _check_json_size(len(_card_json(card).encode("utf-8")))
 
     for i, inp in enumerate(card["inputs"]):
         want = CHANNELS[inp["color"]]
@@ -98,11 +130,17 @@ def validate_card(card: dict) -> None:
             )
 
     names = [inp["name"] for inp in card["inputs"]]
-    if len(set(names)) != len(names):
-        raise CardError("card.inputs: input names are not unique")
-    mm = card.get("missing_modality")
-    if mm and mm.get("mask_input") is not None and mm["mask_input"] not in names:
-        raise CardError(f"card.missing_modality.mask_input: {mm['mask_input']!r} is not an input name")
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise CardError(
+                f"card.inputs[{i}].name: {json.dumps(name)} is already the name of inputs[{names.index(name)}]"
+            )
+    mask = (card.get("missing_modality") or {}).get("mask_input")
+    if mask is not None and mask not in names:
+        raise CardError(
+            f"card.missing_modality.mask_input: {json.dumps(mask)} is not one of the card's inputs "
+            f"({', '.join(names)})"
+        )
 
     cal = card.get("calibration")
     if cal:
@@ -152,7 +190,7 @@ def write_card(onnx_path, card: dict, out_path=None) -> None:
     validate_card(card)
     model = onnx.load(str(onnx_path))
     check_against_graph(card, model)
-    text = json.dumps(card, ensure_ascii=False)
+    text = _card_json(card)
     kept = [p for p in model.metadata_props if p.key != CARD_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
@@ -168,6 +206,7 @@ def read_card(onnx_path, validate: bool = False) -> dict | None:
     model = onnx.load(str(onnx_path), load_external_data=False)
     for p in model.metadata_props:
         if p.key == CARD_KEY:
+            _check_json_size(len(p.value.encode("utf-8")))
             try:
                 card = json.loads(p.value)
             except json.JSONDecodeError as e:

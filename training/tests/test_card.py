@@ -8,7 +8,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd_train.card import CARD_KEY, CardError, find_schema_path, load_schema, read_card, validate_card, write_card
+from edgekd_train.card import (
+    CARD_KEY,
+    MAX_CARD_JSON_BYTES,
+    CardError,
+    find_schema_path,
+    load_schema,
+    read_card,
+    validate_card,
+    write_card,
+)
 
 LABELS = ["a", "b", "c"]
 
@@ -133,6 +142,72 @@ def test_rejected(mutate, fragments):
         assert f in str(e.value), str(e.value)
 
 
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda c: c.__setitem__("labels", [str(i) for i in range(100_001)]),
+            "card.labels: 100001 items, more than the 100000 a card allows",
+        ),
+        (lambda c: c.__setitem__("inputs", c["inputs"] * 65), "card.inputs: 65 items, more than the 64 a card allows"),
+        (lambda c: c.__setitem__("name", "x" * 1025), "card.name: 1025 characters, more than the 1024 a card allows"),
+        (lambda c: c["labels"].__setitem__(1, "x" * 1025), "card.labels[1]: 1025 characters, more than the 1024"),
+        (lambda c: c["inputs"][0].__setitem__("name", "x" * 1025), "card.inputs[0].name: 1025 characters"),
+        (lambda c: c.__setitem__("output", "x" * 1025), "card.output: 1025 characters"),
+        (
+            lambda c: c["calibration"].__setitem__("notes", ["x" * 4097]),
+            "card.calibration.notes[0]: 4097 characters, more than the 4096 a card allows",
+        ),
+        (lambda c: c["provenance"].__setitem__("command", "x" * 4097), "card.provenance.command: 4097 characters"),
+    ],
+    ids=["labels", "inputs", "name", "label", "input-name", "output", "note", "command"],
+)
+def test_one_past_a_bound_is_refused_naming_the_bound(mutate, message):
+    with pytest.raises(CardError) as e:
+        validate_card(_mutate(mutate))
+    assert str(e.value).startswith(message), str(e.value)[:300]
+
+
+def test_a_card_at_the_bounds_is_accepted():
+    card = good_card()
+    card["labels"] = [str(i) for i in range(100_000)]
+    card["calibration"]["accept"]["per_class"] = {}
+    card["name"] = "é" * 1024  # characters are counted, not bytes
+    card["calibration"]["notes"] = ["n" * 4096]
+    validate_card(card)
+
+
+def _over_the_json_bound():
+    """A card that breaks no other bound but takes more than MAX_CARD_JSON_BYTES as JSON."""
+    card = good_card()
+    card["labels"] = [f"{i:05d}" + "x" * 1000 for i in range(MAX_CARD_JSON_BYTES // 1000)]
+    card["calibration"]["accept"]["per_class"] = {}
+    return card
+
+
+def test_a_card_over_the_json_bound_is_neither_written_nor_read(tmp_path):
+    card = _over_the_json_bound()
+    size = len(json.dumps(card, ensure_ascii=False).encode())
+    message = f"card: {size} bytes of JSON, more than the {MAX_CARD_JSON_BYTES} (4 MiB) a card may take"
+    path = tiny_onnx(tmp_path / "m.onnx", width=len(card["labels"]))
+    with pytest.raises(CardError) as e:
+        write_card(path, card)
+    assert str(e.value) == message
+    assert read_card(path) is None
+
+    # A card stored by something other than write_card is refused when read.
+    model = onnx.load(str(path))
+    model.metadata_props.add(key=CARD_KEY, value=json.dumps(card, ensure_ascii=False))
+    onnx.save(model, str(path))
+    with pytest.raises(CardError) as e:
+        read_card(path)
+    assert str(e.value) == message
+
+
+def test_the_json_bound_is_the_one_the_schema_states():
+    assert f"at most {MAX_CARD_JSON_BYTES} bytes" in load_schema()["description"]
+
+
 def test_rgb_shape_mismatch():
     card = good_card()
     card["inputs"][0].update(color="rgb", mean=[0, 0, 0], std=[1, 1, 1])  # shape[1] is still 1
@@ -151,6 +226,26 @@ def test_output_name_must_exist(tmp_path):
     path = tiny_onnx(tmp_path / "m.onnx", out_name="probs")
     with pytest.raises(CardError, match=r"card\.output"):
         write_card(path, good_card())
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda c: c["inputs"].append(dict(c["inputs"][0], optional=True)),
+            'card.inputs[1].name: "image" is already the name of inputs[0]',
+        ),
+        (
+            lambda c: c["missing_modality"].__setitem__("mask_input", "mask"),
+            "card.missing_modality.mask_input: \"mask\" is not one of the card's inputs (image)",
+        ),
+    ],
+    ids=["duplicate-input", "mask-not-an-input"],
+)
+def test_inputs_are_named_once_and_the_mask_names_one(mutate, message):
+    with pytest.raises(CardError) as e:
+        validate_card(_mutate(mutate))
+    assert str(e.value) == message
 
 
 def test_input_name_must_exist(tmp_path):
