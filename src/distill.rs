@@ -8,14 +8,21 @@ use std::process::{Child, Command, Stdio};
 use serde::Deserialize;
 use thiserror::Error;
 
+/// The oldest Python the training package runs on (training/pyproject.toml's
+/// `requires-python`: it reads its configs with `tomllib`). Checked here, so an older
+/// interpreter is named as the problem instead of being told to install the package.
+pub const MIN_PYTHON: (u32, u32) = (3, 11);
+
 #[derive(Debug, Error)]
 pub enum DistillError {
     #[error(
-        "no Python interpreter found (tried: {tried}); install Python 3.10+ \
-         (`apt-get install python3 python3-venv`) or pass --python PATH"
+        "no Python interpreter found (tried: {tried}); install Python {}.{} or later \
+         (`apt-get install python3 python3-venv`) or pass --python PATH",
+        MIN_PYTHON.0,
+        MIN_PYTHON.1
     )]
     NoPython { tried: String },
-    #[error("{python} is Python {version}; edge-kd distill needs 3.10 or later")]
+    #[error("{python} is Python {version}; edge-kd distill needs {}.{} or later", MIN_PYTHON.0, MIN_PYTHON.1)]
     OldPython { python: String, version: String },
     #[error(
         "PyTorch is not installed for {python}: run `{python} -m pip install torch` \
@@ -86,8 +93,7 @@ pub fn find_python(explicit: Option<&Path>) -> Result<PythonEnv, DistillError> {
             tried.push(format!("{shown} (not a working Python 3)"));
             continue;
         };
-        let minor = probe.python.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
-        if !probe.python.starts_with("3.") || minor < 10 {
+        if major_minor(&probe.python) < MIN_PYTHON {
             return Err(DistillError::OldPython { python: shown, version: probe.python });
         }
         let Some(torch) = probe.torch else { return Err(DistillError::NoTorch { python: shown }) };
@@ -97,6 +103,18 @@ pub fn find_python(explicit: Option<&Path>) -> Result<PythonEnv, DistillError> {
         return Ok(PythonEnv { python: python.clone(), version: probe.python, torch, cuda: probe.cuda });
     }
     Err(DistillError::NoPython { tried: tried.join(", ") })
+}
+
+/// `(3, 11)` from `3.11.4` or `3.11.0rc1`; `(0, 0)`, older than any floor, when unreadable.
+fn major_minor(version: &str) -> (u32, u32) {
+    let mut parts = version.split('.').map(|p| {
+        let digits = p.find(|c: char| !c.is_ascii_digit()).map_or(p, |end| &p[..end]);
+        digits.parse::<u32>().ok()
+    });
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor),
+        _ => (0, 0),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -255,6 +273,41 @@ pub fn parse_event(line: &str) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An interpreter that answers the probe as a Python `version` with PyTorch and the
+    /// training package would.
+    fn fake_python(dir: &Path, version: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(format!("python{version}"));
+        let answer =
+            format!(r#"{{"python": "{version}", "torch": "2.4.0", "cuda": false, "edgekd_train": true}}"#);
+        std::fs::write(&path, format!("#!/bin/sh\necho '{answer}'\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn python_3_10_is_told_its_version_is_too_old_not_to_install_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = fake_python(dir.path(), "3.10.12");
+        let err = find_python(Some(&old)).unwrap_err();
+        assert!(matches!(err, DistillError::OldPython { .. }), "{err}");
+        assert!(err.to_string().contains("is Python 3.10.12; edge-kd distill needs 3.11 or later"), "{err}");
+
+        for ok in ["3.11.0rc1", "3.13.1"] {
+            let env = find_python(Some(&fake_python(dir.path(), ok))).unwrap();
+            assert_eq!((env.version.as_str(), env.torch.as_str()), (ok, "2.4.0"));
+        }
+    }
+
+    #[test]
+    fn the_version_floor_is_the_one_the_training_package_declares() {
+        let pyproject =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("training/pyproject.toml"))
+                .unwrap();
+        let floor = format!("requires-python = \">={}.{}\"", MIN_PYTHON.0, MIN_PYTHON.1);
+        assert!(pyproject.contains(&floor), "training/pyproject.toml does not say {floor}");
+    }
 
     #[test]
     fn events_parse_and_unknown_ones_are_tolerated() {
