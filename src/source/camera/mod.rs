@@ -398,16 +398,6 @@ impl CameraState {
     pub fn is_up(&self) -> bool {
         matches!(self, CameraState::Streaming { .. })
     }
-
-    /// A short, stable name for metrics labels and health checks.
-    pub fn name(&self) -> &'static str {
-        match self {
-            CameraState::Opening => "opening",
-            CameraState::Streaming { .. } => "streaming",
-            CameraState::Lost { .. } => "lost",
-            CameraState::Retrying { .. } => "retrying",
-        }
-    }
 }
 
 impl fmt::Display for CameraState {
