@@ -10,7 +10,7 @@ use crate::classify::{Classifier, DecideOptions};
 use crate::engine::{self, EngineKind, EngineOptions};
 use crate::machine::{self, Machine};
 use crate::model::Model;
-use crate::preprocess::decode::ImageFileDecoder;
+use crate::preprocess::decode::{ImageFileDecoder, ImageLimits};
 use crate::preprocess::{Frame, PixelFormat, Samples};
 
 #[derive(Debug, Clone)]
@@ -201,7 +201,7 @@ fn bench_one(
     let engine_opts = EngineOptions { kind, threads, ort_library: opts.ort_library.clone() };
     let classifier = engine::open(model, &engine_opts)
         .map_err(|e| e.to_string())
-        .and_then(|e| Classifier::new(model, e, DecideOptions::default()).map_err(|e| e.to_string()));
+        .and_then(|e| Classifier::new(model, e, DecideOptions::default(), ImageLimits::default()).map_err(|e| e.to_string()));
     let mut classifier = match classifier {
         Ok(c) => c,
         Err(e) => {

@@ -11,7 +11,7 @@ use crate::decide::{Decider, Decision, WidthMismatch};
 use crate::engine::{Engine, EngineError, EngineKind};
 use crate::model::Model;
 use crate::npy::{self, NpyError};
-use crate::preprocess::decode::{DecodeError, ImageFileDecoder};
+use crate::preprocess::decode::{DecodeError, ImageFileDecoder, ImageLimits};
 use crate::preprocess::{Frame, PreprocessError, Preprocessor};
 use crate::source::InputKind;
 
@@ -80,7 +80,13 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    pub fn new(model: &Model, engine: Box<dyn Engine>, opts: DecideOptions) -> Result<Self, ClassifierError> {
+    /// `limits` bound every image this classifier decodes (files and uploads).
+    pub fn new(
+        model: &Model,
+        engine: Box<dyn Engine>,
+        opts: DecideOptions,
+        limits: ImageLimits,
+    ) -> Result<Self, ClassifierError> {
         let mut card = model.card.clone();
         if card.inputs.len() != 1 {
             let names: Vec<&str> = card.inputs.iter().map(|i| i.modality.as_str()).collect();
@@ -108,7 +114,7 @@ impl Classifier {
             card,
             engine,
             preprocessor,
-            decoder: ImageFileDecoder::new(),
+            decoder: ImageFileDecoder::with_limits(limits),
             decider,
             logits: Vec::new(),
         })
@@ -116,6 +122,10 @@ impl Classifier {
 
     pub fn labels(&self) -> &[String] {
         &self.card.labels
+    }
+
+    pub fn image_limits(&self) -> &ImageLimits {
+        self.decoder.limits()
     }
 
     pub fn engine_kind(&self) -> EngineKind {
@@ -133,7 +143,8 @@ impl Classifier {
                 self.decider.decide(&self.logits)?
             }
             InputKind::Tensor => {
-                let array = npy::read_f32(path)?;
+                // A tensor larger than the model's input is refused before it is read.
+                let array = npy::read_f32(path, self.card.inputs[0].tensor_len())?;
                 self.classify_tensor(&array.shape, &array.data)?
             }
         };

@@ -10,6 +10,7 @@ use crate::distill;
 use crate::engine::{self, EngineKind, EngineOptions, ort_library};
 use crate::machine::Machine;
 use crate::model::Model;
+use crate::preprocess::decode::ImageLimits;
 use crate::preprocess::{Frame, PixelFormat, Samples};
 
 #[derive(Debug)]
@@ -59,7 +60,7 @@ fn try_engine(kind: EngineKind, ort_lib: Option<&Path>) -> Result<String, String
             .map_err(|e| e.to_string())?;
     let load = start.elapsed();
     let mut classifier =
-        Classifier::new(&model, engine, DecideOptions::default()).map_err(|e| e.to_string())?;
+        Classifier::new(&model, engine, DecideOptions::default(), ImageLimits::default()).map_err(|e| e.to_string())?;
     let input = &model.card.inputs[0];
     let pixels = vec![128u8; input.width() * input.height() * input.channels()];
     let format = if input.channels() == 1 { PixelFormat::Gray } else { PixelFormat::Rgb };

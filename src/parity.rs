@@ -9,6 +9,10 @@ use crate::engine::{self, EngineKind, EngineOptions};
 use crate::model::Model;
 use crate::npy::{self, NpyArray};
 
+/// A classifier's reference output is a row of logits; 16M values (64 MiB) is far past any
+/// label set, and keeps a corrupt reference file from taking the box's memory.
+const MAX_OUTPUT_VALUES: usize = 1 << 24;
+
 #[derive(Debug, Error)]
 pub enum ParityError {
     #[error("{path}: {message}")]
@@ -49,14 +53,14 @@ impl References {
     }
 
     pub fn load(pairs: &[(PathBuf, PathBuf)], model: &Model) -> Result<References, ParityError> {
-        let read = |p: &Path| {
-            npy::read_f32(p)
+        let read = |p: &Path, max: usize| {
+            npy::read_f32(p, max)
                 .map_err(|e| ParityError::Reference { path: p.to_owned(), message: e.to_string() })
         };
         let input_len: usize = model.card.inputs[0].tensor_len();
         let mut loaded = Vec::new();
         for (input_path, output_path) in pairs {
-            let input = read(input_path)?;
+            let input = read(input_path, input_len)?;
             if input.data.len() != input_len {
                 return Err(ParityError::Reference {
                     path: input_path.clone(),
@@ -66,7 +70,7 @@ impl References {
                     ),
                 });
             }
-            loaded.push((input_path.clone(), input, output_path.clone(), read(output_path)?));
+            loaded.push((input_path.clone(), input, output_path.clone(), read(output_path, MAX_OUTPUT_VALUES)?));
         }
         Ok(References { pairs: loaded })
     }

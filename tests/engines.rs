@@ -27,8 +27,8 @@ fn every_fixture_model_matches_its_reference_in_both_engines() {
     for name in ["gray28", "rgb32_crop", "bgr_letterbox", "cardless"] {
         let model =
             Model::open(&fixture(&format!("models/{name}.onnx")), &CardlessOptions::default()).unwrap();
-        let input = npy::read_f32(&fixture(&format!("models/{name}.input.npy"))).unwrap();
-        let expected = npy::read_f32(&fixture(&format!("models/{name}.output.npy"))).unwrap();
+        let input = npy::read_f32(&fixture(&format!("models/{name}.input.npy")), usize::MAX).unwrap();
+        let expected = npy::read_f32(&fixture(&format!("models/{name}.output.npy")), usize::MAX).unwrap();
         let tract = outputs(&model, EngineKind::Tract, 1, &input.data);
         let ort = outputs(&model, EngineKind::Ort, 1, &input.data);
         assert!(max_abs_diff(&tract, &expected.data) <= TOLERANCE, "{name}: tract vs reference");
@@ -45,8 +45,8 @@ fn the_default_student_reproduces_pytorch() {
     let model = Model::embedded_default().unwrap();
     for k in 0..4 {
         let reference = root().join("models/default/reference");
-        let input = npy::read_f32(&reference.join(format!("input_{k}.npy"))).unwrap();
-        let expected = npy::read_f32(&reference.join(format!("output_{k}.npy"))).unwrap();
+        let input = npy::read_f32(&reference.join(format!("input_{k}.npy")), usize::MAX).unwrap();
+        let expected = npy::read_f32(&reference.join(format!("output_{k}.npy")), usize::MAX).unwrap();
         for kind in EngineKind::ALL {
             let got = outputs(&model, kind, 1, &input.data);
             let diff = max_abs_diff(&got, &expected.data);

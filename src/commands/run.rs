@@ -7,6 +7,7 @@ use std::time::Duration;
 use edge_kd::classify::{Classifier, DecideOptions, Outcome};
 use edge_kd::decide::Verdict;
 use edge_kd::engine::{self, EngineKind, EngineOptions};
+use edge_kd::preprocess::decode::ImageLimits;
 use edge_kd::record::{FileResult, ResultBody};
 use edge_kd::source::{self, InputItem};
 
@@ -27,7 +28,8 @@ pub enum Format {
     edge-kd run models/samples/\n  \
     edge-kd run --model student.onnx --engine ort line3/*.jpg\n  \
     edge-kd run --format jsonl frames/ > results.jsonl\n  \
-    edge-kd run --model plain.onnx --color rgb --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 img.png\n\n\
+    edge-kd run --model plain.onnx --color rgb --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 img.png\n  \
+    edge-kd run --max-pixels 50000000 --max-decode-bytes 600000000 big-scans/\n\n\
     A .npy input (float32, the model's input shape) is fed to the model without preprocessing.\n\
     JSONL keys: file, label, class_index, confidence, threshold, verdict, top, latency_us, engine;\n\
     a failed input is {\"file\", \"error\"}.")]
@@ -53,6 +55,38 @@ pub struct Args {
     /// (replaces the card's thresholds).
     #[arg(long, value_name = "P", value_parser = probability)]
     threshold: Option<f32>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What one input image may cost; an image over a limit is one error line naming it.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Input limits")]
+pub struct LimitArgs {
+    /// Widest or tallest image accepted, in pixels.
+    #[arg(long, value_name = "PX", default_value_t = ImageLimits::default().max_width, value_parser = clap::value_parser!(u32).range(1..))]
+    max_dimension: u32,
+    /// Most pixels (width × height) an image may have.
+    #[arg(long, value_name = "N", default_value_t = ImageLimits::default().max_pixels, value_parser = clap::value_parser!(u64).range(1..))]
+    max_pixels: u64,
+    /// Largest image file read, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = ImageLimits::default().max_file_bytes, value_parser = clap::value_parser!(u64).range(1..))]
+    max_file_bytes: u64,
+    /// Most memory decoding one image may take, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = ImageLimits::default().max_decode_bytes, value_parser = clap::value_parser!(u64).range(1..))]
+    max_decode_bytes: u64,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> ImageLimits {
+        ImageLimits {
+            max_width: self.max_dimension,
+            max_height: self.max_dimension,
+            max_pixels: self.max_pixels,
+            max_file_bytes: self.max_file_bytes,
+            max_decode_bytes: self.max_decode_bytes,
+        }
+    }
 }
 
 fn probability(s: &str) -> Result<f32, String> {
@@ -69,7 +103,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     };
     let engine = engine::open(&model, &opts).map_err(Failure::model)?;
     let decide = DecideOptions { top_k: usize::from(args.top_k), threshold: args.threshold };
-    let mut classifier = Classifier::new(&model, engine, decide).map_err(Failure::model)?;
+    let mut classifier = Classifier::new(&model, engine, decide, args.limits.limits()).map_err(Failure::model)?;
     if model.card.calibration.is_none() && args.threshold.is_none() {
         tracing::warn!(
             "{}: no calibrated thresholds, so every verdict is review; --threshold P sets one",

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::engine::EngineKind;
+use crate::preprocess::decode::ImageLimits;
 use crate::source::camera::CameraConfig;
 use crate::source::synthetic::SyntheticConfig;
 
@@ -147,6 +148,9 @@ pub struct SourceConfig {
     pub threshold: Option<f32>,
     #[serde(default = "default_top_k")]
     pub top_k: usize,
+    /// What one image from this source may cost (size, pixels, decoder memory).
+    #[serde(default)]
+    pub limits: ImageLimits,
     pub camera: Option<CameraConfig>,
     pub folder: Option<FolderConfig>,
     pub http: Option<UploadConfig>,
@@ -339,7 +343,13 @@ impl ServeConfig {
     pub fn load(path: &Path) -> Result<ServeConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut config: ServeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates the text of the file at `path` (named in errors): all of
+    /// [`Self::load`] but the read, so that it can be fuzzed (tests/fuzz).
+    pub fn parse(text: &str, path: &Path) -> Result<ServeConfig, ConfigError> {
+        let mut config: ServeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.into(),
             message: e.to_string().trim_end().into(),
         })?;
@@ -425,6 +435,7 @@ impl ServeConfig {
             if s.model_sha256.is_some() && s.model.is_none() {
                 return bad(key("model_sha256"), "pins a model file, but no `model` is set");
             }
+            s.limits.validate().map_err(|m| (key("limits"), m))?;
             if let Some(c) = &s.camera {
                 c.validate().map_err(|m| (key("camera"), m))?;
             }

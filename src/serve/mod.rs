@@ -121,7 +121,7 @@ fn synthetic_error(i: usize, source: &SourceConfig, e: String) -> ServeError {
 fn open_slot(source: &SourceConfig) -> Result<ModelSlot, ServeError> {
     let engine = EngineOptions { kind: source.engine_kind(), threads: source.threads, ort_library: None };
     let decide = DecideOptions { top_k: source.top_k, threshold: source.threshold };
-    ModelSlot::open(source.model.as_deref(), source.model_sha256.clone(), engine, decide)
+    ModelSlot::open(source.model.as_deref(), source.model_sha256.clone(), engine, decide, source.limits)
         .map_err(|error| ServeError::Model { source_name: source.name.clone(), error })
 }
 

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::classify::{Classifier, ClassifierError, DecideOptions, InputError};
 use crate::engine::{self, EngineError, EngineOptions};
 use crate::model::{CardlessOptions, DEFAULT_MODEL_BYTES, Model, ModelError};
+use crate::preprocess::decode::ImageLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
@@ -45,6 +46,7 @@ pub struct ModelSlot {
     pin: Mutex<Option<String>>,
     engine: EngineOptions,
     decide: DecideOptions,
+    limits: ImageLimits,
     current: Mutex<Arc<Loaded>>,
     generation: AtomicU64,
 }
@@ -55,6 +57,7 @@ impl ModelSlot {
         pin: Option<String>,
         engine: EngineOptions,
         decide: DecideOptions,
+        limits: ImageLimits,
     ) -> Result<ModelSlot, SlotError> {
         let pin = pin.map(|p| p.to_ascii_lowercase());
         let loaded = load(path, pin.as_deref(), &engine, decide)?;
@@ -63,6 +66,7 @@ impl ModelSlot {
             pin: Mutex::new(pin),
             engine,
             decide,
+            limits,
             current: Mutex::new(Arc::new(loaded)),
             generation: AtomicU64::new(0),
         })
@@ -106,7 +110,7 @@ impl ModelSlot {
         let generation = self.generation();
         let loaded = self.current();
         let engine = engine::open(&loaded.model, &self.engine)?;
-        let classifier = Classifier::new(&loaded.model, engine, self.decide)?;
+        let classifier = Classifier::new(&loaded.model, engine, self.decide, self.limits)?;
         Ok((generation, loaded, classifier))
     }
 }
@@ -140,7 +144,8 @@ fn load(
         None => (Model::embedded_default()?, sha256_hex(DEFAULT_MODEL_BYTES)),
     };
     let engine = engine::open(&model, engine_opts)?;
-    let mut classifier = Classifier::new(&model, engine, decide)?;
+    // The trial run feeds a tensor; no image is decoded, so the limits do not matter here.
+    let mut classifier = Classifier::new(&model, engine, decide, ImageLimits::default())?;
     let input = &model.card.inputs[0];
     classifier.classify_tensor(&input.shape, &vec![0.0; input.tensor_len()])?;
     Ok(Loaded { model, sha256 })

@@ -15,6 +15,7 @@ use super::metrics::Metrics;
 use super::model_slot::{Loaded, ModelSlot};
 use super::queue::BoundedQueue;
 use crate::classify::{Classifier, InputError, Outcome};
+use crate::preprocess::decode::read_file_limited;
 use crate::preprocess::{Frame, PixelFormat, Samples};
 use crate::sink::review::ReviewImage;
 use crate::sink::{ResultBody, ResultLine};
@@ -79,7 +80,10 @@ impl Worker {
         let mut file = None;
         let outcome: Result<Outcome, String> = match payload {
             Payload::File(path) => {
-                let read = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"));
+                let mut bytes = Vec::new();
+                let read = read_file_limited(&path, current.classifier.image_limits(), &mut bytes)
+                    .map(|()| bytes)
+                    .map_err(|e| e.to_string());
                 file = Some(path);
                 read.and_then(|bytes| {
                     let outcome = current.classifier.classify_encoded(&bytes).map_err(|e| e.to_string());
