@@ -199,9 +199,9 @@ fn bench_one(
     let rss_reset = machine::reset_peak_rss();
     let load_start = Instant::now();
     let engine_opts = EngineOptions { kind, threads, ort_library: opts.ort_library.clone() };
-    let classifier = engine::open(model, &engine_opts)
-        .map_err(|e| e.to_string())
-        .and_then(|e| Classifier::new(model, e, DecideOptions::default(), ImageLimits::default()).map_err(|e| e.to_string()));
+    let classifier = engine::open(model, &engine_opts).map_err(|e| e.to_string()).and_then(|e| {
+        Classifier::new(model, e, DecideOptions::default(), ImageLimits::default()).map_err(|e| e.to_string())
+    });
     let mut classifier = match classifier {
         Ok(c) => c,
         Err(e) => {

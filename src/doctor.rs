@@ -59,8 +59,8 @@ fn try_engine(kind: EngineKind, ort_lib: Option<&Path>) -> Result<String, String
         engine::open(&model, &EngineOptions { kind, threads: 1, ort_library: ort_lib.map(Path::to_owned) })
             .map_err(|e| e.to_string())?;
     let load = start.elapsed();
-    let mut classifier =
-        Classifier::new(&model, engine, DecideOptions::default(), ImageLimits::default()).map_err(|e| e.to_string())?;
+    let mut classifier = Classifier::new(&model, engine, DecideOptions::default(), ImageLimits::default())
+        .map_err(|e| e.to_string())?;
     let input = &model.card.inputs[0];
     let pixels = vec![128u8; input.width() * input.height() * input.channels()];
     let format = if input.channels() == 1 { PixelFormat::Gray } else { PixelFormat::Rgb };

@@ -176,7 +176,9 @@ mod tests {
 
     #[test]
     fn refuses_other_dtypes_and_truncation() {
-        assert!(matches!(parse_f32(&npy("<f8", "(1,)", &[0.0, 0.0]), 10), Err(NpyError::Dtype(d)) if d == "<f8"));
+        assert!(
+            matches!(parse_f32(&npy("<f8", "(1,)", &[0.0, 0.0]), 10), Err(NpyError::Dtype(d)) if d == "<f8")
+        );
         let mut short = npy("<f4", "(4,)", &[1.0, 2.0, 3.0, 4.0]);
         short.truncate(short.len() - 3);
         assert!(matches!(parse_f32(&short, 4), Err(NpyError::Truncated { .. })));

@@ -70,7 +70,12 @@ impl References {
                     ),
                 });
             }
-            loaded.push((input_path.clone(), input, output_path.clone(), read(output_path, MAX_OUTPUT_VALUES)?));
+            loaded.push((
+                input_path.clone(),
+                input,
+                output_path.clone(),
+                read(output_path, MAX_OUTPUT_VALUES)?,
+            ));
         }
         Ok(References { pairs: loaded })
     }

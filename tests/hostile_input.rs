@@ -88,7 +88,10 @@ fn run_limits_are_flags() {
         .output()
         .unwrap();
     let error = stdout_lines(&output)[0]["error"].as_str().unwrap().to_string();
-    assert!(error.starts_with("file size ") && error.ends_with("over the limit 100 (max_file_bytes)"), "{error}");
+    assert!(
+        error.starts_with("file size ") && error.ends_with("over the limit 100 (max_file_bytes)"),
+        "{error}"
+    );
     edge_kd().args(["run", "--max-pixels", "0", "x.png"]).assert().code(2);
 }
 
@@ -128,7 +131,8 @@ path = "{results}"
     let daemon = Daemon::start(&config, port);
     let idle = peak_rss_mib(daemon.child.id());
     for name in ["png-50000x50000.png", "jpeg-60000x60000.jpg", "bmp-50000x50000.bmp"] {
-        let r = http(port, "POST", "/infer?source=upload", None, &std::fs::read(hostile(name)).unwrap()).unwrap();
+        let r =
+            http(port, "POST", "/infer?source=upload", None, &std::fs::read(hostile(name)).unwrap()).unwrap();
         assert_eq!(r.status, 422, "{name}: {}", r.body);
         let error = r.json()["error"].as_str().unwrap().to_string();
         assert!(error.contains("over the limit 16384 (max_width)"), "{name}: {error}");

@@ -53,7 +53,9 @@ fn jpeg_pixels_as_pil_decoded_them_preprocess_to_the_reference() {
     let frame = Frame { width: 64, height: 48, format: PixelFormat::Rgb, samples: Samples::U8(&pil) };
     for model_name in ["gray28", "rgb32_crop", "bgr_letterbox", "fashion-tiny"] {
         let model = model(model_name);
-        let expected = npy::read_f32(&fixture(&format!("preprocess/photo_64x48__{model_name}.npy")), usize::MAX).unwrap();
+        let expected =
+            npy::read_f32(&fixture(&format!("preprocess/photo_64x48__{model_name}.npy")), usize::MAX)
+                .unwrap();
         let diff =
             max_abs_diff(Preprocessor::new(&model.card.inputs[0]).run(&frame).unwrap(), &expected.data);
         assert!(diff <= 1e-4, "{model_name}: {diff}");
@@ -69,7 +71,8 @@ fn every_image_and_card_matches_the_reference() {
         let mut decoder = ImageFileDecoder::new();
         for image in IMAGES {
             let stem = image.split('.').next().unwrap();
-            let expected = npy::read_f32(&fixture(&format!("preprocess/{stem}__{model_name}.npy")), usize::MAX).unwrap();
+            let expected =
+                npy::read_f32(&fixture(&format!("preprocess/{stem}__{model_name}.npy")), usize::MAX).unwrap();
             assert_eq!(expected.shape, spec.shape, "{stem}__{model_name}");
             let frame = decoder.decode_file(&fixture(&format!("images/{image}"))).unwrap();
             let got = pre.run(&frame).unwrap();
@@ -95,7 +98,8 @@ fn shipped_samples_preprocess_to_the_training_tensors() {
     samples.sort();
     for (k, path) in samples.iter().take(4).enumerate() {
         let expected =
-            npy::read_f32(&root().join(format!("models/default/reference/input_{k}.npy")), usize::MAX).unwrap();
+            npy::read_f32(&root().join(format!("models/default/reference/input_{k}.npy")), usize::MAX)
+                .unwrap();
         let frame = decoder.decode_file(path).unwrap();
         let diff = max_abs_diff(pre.run(&frame).unwrap(), &expected.data);
         assert!(diff <= 1e-5, "{}: {diff}", path.display());

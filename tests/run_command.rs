@@ -24,7 +24,8 @@ fn expected_samples() -> std::collections::HashMap<String, (String, f64)> {
 #[test]
 fn samples_get_the_shipped_students_label_and_confidence_in_both_engines() {
     let expected = expected_samples();
-    let right = expected.iter().filter(|(file, (label, _))| slug(label) == sample_slug(Path::new(file))).count();
+    let right =
+        expected.iter().filter(|(file, (label, _))| slug(label) == sample_slug(Path::new(file))).count();
     assert!(right >= 11, "the shipped student names at least 11 of the 12 samples right, not {right}");
     for engine in ["tract", "ort"] {
         let output =
@@ -37,7 +38,10 @@ fn samples_get_the_shipped_students_label_and_confidence_in_both_engines() {
             let (label, confidence) = &expected[file.file_name().unwrap().to_str().unwrap()];
             assert_eq!(line["label"], label.as_str(), "{engine}: {line}");
             let got = line["confidence"].as_f64().unwrap();
-            assert!((got - confidence).abs() <= 1e-4, "{engine}: confidence {got} vs {confidence} in samples.tsv");
+            assert!(
+                (got - confidence).abs() <= 1e-4,
+                "{engine}: confidence {got} vs {confidence} in samples.tsv"
+            );
             assert_eq!(line["engine"], engine);
         }
     }

@@ -103,7 +103,8 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     };
     let engine = engine::open(&model, &opts).map_err(Failure::model)?;
     let decide = DecideOptions { top_k: usize::from(args.top_k), threshold: args.threshold };
-    let mut classifier = Classifier::new(&model, engine, decide, args.limits.limits()).map_err(Failure::model)?;
+    let mut classifier =
+        Classifier::new(&model, engine, decide, args.limits.limits()).map_err(Failure::model)?;
     if model.card.calibration.is_none() && args.threshold.is_none() {
         tracing::warn!(
             "{}: no calibrated thresholds, so every verdict is review; --threshold P sets one",

@@ -73,7 +73,13 @@ impl ImageLimits {
         }
     }
 
-    fn check(&self, what: &'static str, value: u64, limit: u64, key: &'static str) -> Result<(), DecodeError> {
+    fn check(
+        &self,
+        what: &'static str,
+        value: u64,
+        limit: u64,
+        key: &'static str,
+    ) -> Result<(), DecodeError> {
         if value > limit { Err(DecodeError::OverLimit { what, value, limit, key }) } else { Ok(()) }
     }
 
