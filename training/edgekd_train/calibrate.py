@@ -12,8 +12,8 @@ class, so its frames always go to review.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -153,10 +153,7 @@ def prefix_threshold(
             f"has error <= {target:g} at {confidence:g} confidence"
         )
     if not ok.any():
-        return None, (
-            f"no prefix of at least {min_count} of its {n} calibration predictions "
-            f"has error <= {target:g}"
-        )
+        return None, f"no prefix of at least {min_count} of its {n} calibration predictions has error <= {target:g}"
     last = int(np.nonzero(ok)[0].max())
     return float(c[last]), None
 
@@ -201,7 +198,7 @@ def apply_thresholds(
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     thr = []
-    for k, name in enumerate(labels_names):
+    for name in labels_names:
         t = per_class[name] if name in per_class else default
         thr.append(np.inf if t is None else t)
     return conf >= np.asarray(thr)[pred]
@@ -229,8 +226,10 @@ def calibrate(
     correct = pred == labels
     notes: list[str] = []
     if confidence > 0.0:
-        notes.append(f"thresholds hold error among accepted <= {target:g} at {confidence:g} confidence "
-                     "(one-sided Clopper-Pearson bound on each threshold's calibration predictions)")
+        notes.append(
+            f"thresholds hold error among accepted <= {target:g} at {confidence:g} confidence "
+            "(one-sided Clopper-Pearson bound on each threshold's calibration predictions)"
+        )
 
     default, why = prefix_threshold(conf, correct, target, min_count, confidence)
     if default is None:

@@ -120,9 +120,7 @@ def validate_card(card: dict) -> None:
         for key in ("mean", "std"):
             n = len(inp[key])
             if n != want:
-                raise CardError(
-                    f"card.inputs[{i}].{key}: {n} values for a {inp['color']!r} input, expected {want}"
-                )
+                raise CardError(f"card.inputs[{i}].{key}: {n} values for a {inp['color']!r} input, expected {want}")
         if inp["shape"][1] != want:
             raise CardError(
                 f"card.inputs[{i}].shape: {inp['shape'][1]} channels (shape[1]) for a "
@@ -138,8 +136,7 @@ def validate_card(card: dict) -> None:
     mask = (card.get("missing_modality") or {}).get("mask_input")
     if mask is not None and mask not in names:
         raise CardError(
-            f"card.missing_modality.mask_input: {json.dumps(mask)} is not one of the card's inputs "
-            f"({', '.join(names)})"
+            f"card.missing_modality.mask_input: {json.dumps(mask)} is not one of the card's inputs ({', '.join(names)})"
         )
 
     cal = card.get("calibration")
@@ -151,33 +148,24 @@ def validate_card(card: dict) -> None:
 
 
 def _dims(value_info) -> list[int | None]:
-    return [
-        d.dim_value if d.HasField("dim_value") else None
-        for d in value_info.type.tensor_type.shape.dim
-    ]
+    return [d.dim_value if d.HasField("dim_value") else None for d in value_info.type.tensor_type.shape.dim]
 
 
 def check_against_graph(card: dict, model: onnx.ModelProto) -> None:
     """Check ``card`` against the graph's inputs and outputs (CardError on mismatch)."""
     outputs = {o.name: o for o in model.graph.output}
     if card["output"] not in outputs:
-        raise CardError(
-            f"card.output: graph has no output {card['output']!r} (outputs: {sorted(outputs)})"
-        )
+        raise CardError(f"card.output: graph has no output {card['output']!r} (outputs: {sorted(outputs)})")
     dims = _dims(outputs[card["output"]])
     if dims and dims[-1] is not None and dims[-1] != len(card["labels"]):
-        raise CardError(
-            f"card.labels: {len(card['labels'])} labels but output {card['output']!r} has width {dims[-1]}"
-        )
+        raise CardError(f"card.labels: {len(card['labels'])} labels but output {card['output']!r} has width {dims[-1]}")
     init = {t.name for t in model.graph.initializer}
     inputs = {i.name: i for i in model.graph.input if i.name not in init}
     for i, inp in enumerate(card["inputs"]):
         if inp["name"] not in inputs:
-            raise CardError(
-                f"card.inputs[{i}].name: graph has no input {inp['name']!r} (inputs: {sorted(inputs)})"
-            )
+            raise CardError(f"card.inputs[{i}].name: graph has no input {inp['name']!r} (inputs: {sorted(inputs)})")
         gd = _dims(inputs[inp["name"]])
-        if len(gd) != len(inp["shape"]) or any(g is not None and g != s for g, s in zip(gd, inp["shape"])):
+        if len(gd) != len(inp["shape"]) or any(g is not None and g != s for g, s in zip(gd, inp["shape"], strict=True)):
             raise CardError(f"card.inputs[{i}].shape: {inp['shape']} does not match the graph input {gd}")
 
 

@@ -50,8 +50,14 @@ def _check(emit: Emitter) -> int:
     except ImportError:
         emit({"event": "check", "python": platform.python_version(), "torch": None, "cuda": False})
         return 0
-    emit({"event": "check", "python": platform.python_version(), "torch": torch.__version__,
-          "cuda": bool(torch.cuda.is_available())})
+    emit(
+        {
+            "event": "check",
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": bool(torch.cuda.is_available()),
+        }
+    )
     return 0
 
 

@@ -16,8 +16,8 @@ What falls back, each time with a ``compile`` event that says why (train.py emit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -48,12 +48,14 @@ def is_compile_error(e: BaseException) -> bool:
     import torch._dynamo.exc as dynamo_exc
 
     return isinstance(e, dynamo_exc.TorchDynamoException) or type(e).__module__.startswith(
-        ("torch._inductor", "torch._dynamo", "triton"))
+        ("torch._inductor", "torch._dynamo", "triton")
+    )
 
 
 def describe(e: BaseException, limit: int = 300) -> str:
     """One line for an event: the error and, for a wrapped backend failure, its cause (dynamo's
     own message starts with a line that names only the backend)."""
+
     def first_line(x: BaseException) -> str:
         lines = [ln.strip() for ln in str(x).splitlines() if ln.strip()]
         return f"{type(x).__name__}: {lines[0]}" if lines else type(x).__name__
@@ -97,7 +99,9 @@ class Compiler:
             torch.compiler.cudagraph_mark_step_begin()
 
 
-def choose(mode: str, device: torch.device, world: int, backend: str | Callable = "inductor") -> tuple[Compiler, str | None]:
+def choose(
+    mode: str, device: torch.device, world: int, backend: str | Callable = "inductor"
+) -> tuple[Compiler, str | None]:
     """(the compiler for a phase, a reason when it differs from ``mode``)."""
     if mode == "off":
         return Compiler("off"), None
@@ -106,6 +110,8 @@ def choose(mode: str, device: torch.device, world: int, backend: str | Callable 
         if why:
             return Compiler("off"), f"compile unavailable, running eagerly: {why}"
     if mode == "reduce-overhead" and world > 1:
-        return (Compiler("default", backend),
-                "reduce-overhead (CUDA graphs) is not combined with DDP here; using mode 'default'")
+        return (
+            Compiler("default", backend),
+            "reduce-overhead (CUDA graphs) is not combined with DDP here; using mode 'default'",
+        )
     return Compiler(mode, backend), None

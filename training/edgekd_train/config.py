@@ -15,7 +15,6 @@ import dataclasses
 import math
 import sys
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,15 @@ class ConfigError(ValueError):
 
 # Allowed values and numeric ranges, kept next to the fields through dataclass metadata so the
 # validator and the documentation cannot drift apart.
-def _f(default: Any, *, choices: tuple | None = None, min: float | None = None, max: float | None = None,
-       min_exclusive: bool = False, doc: str = "") -> Any:
+def _f(
+    default: Any,
+    *,
+    choices: tuple | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+    doc: str = "",
+) -> Any:
     meta = {"choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "doc": doc}
     return field(default=default, metadata=meta)
 
@@ -59,9 +65,11 @@ class TrainSection:
     optimizer: str = _f("adamw", choices=("adamw", "sgd"))
     momentum: float = _f(0.9, min=0.0, max=1.0, doc="sgd only")
     schedule: str = _f("onecycle", choices=("onecycle", "cosine", "constant"))
-    lr_scaling: str = _f("none", choices=("none", "linear", "sqrt"),
-                         doc="lr is given for lr_base_batch; the lr used is lr * (global batch / lr_base_batch) "
-                             "** (1 linear, 0.5 sqrt)")
+    lr_scaling: str = _f(
+        "none",
+        choices=("none", "linear", "sqrt"),
+        doc="lr is given for lr_base_batch; the lr used is lr * (global batch / lr_base_batch) ** (1 linear, 0.5 sqrt)",
+    )
     lr_base_batch: int = _f(256, min=1, doc="global batch size (batch_size x processes) that lr is given for")
 
 
@@ -69,8 +77,9 @@ class TrainSection:
 class TeacherConfig(TrainSection):
     model: str = _f("wrn16-4")
     weights: str | None = _f(None, doc="load these weights instead of training")
-    finetune: bool = _f(False, doc="train `epochs` more from `weights` (a timm backbone gets a new head "
-                                   "for this data's classes)")
+    finetune: bool = _f(
+        False, doc="train `epochs` more from `weights` (a timm backbone gets a new head for this data's classes)"
+    )
 
 
 @dataclass
@@ -86,13 +95,17 @@ class DistillConfig:
     method: str = _f("kd")  # checked against the distiller registry in validate()
     T: float = _f(4.0, min=0.0, min_exclusive=True, doc="softmax temperature of every KL term (kd, crld, dtokd)")
     alpha: float = _f(0.9, min=0.0, max=1.0, doc="kd only: total = (1 - alpha) CE + alpha KD")
-    views: str | None = _f(None, choices=VIEWS, doc="input views; unset: 'crld' for crld, 'single' otherwise. "
-                                                    "'crld' is valid with crld and dtokd")
+    views: str | None = _f(
+        None,
+        choices=VIEWS,
+        doc="input views; unset: 'crld' for crld, 'single' otherwise. 'crld' is valid with crld and dtokd",
+    )
 
 
 @dataclass
 class CRLDConfig:
     """CRLD (methods.md section 4.4, CIFAR defaults): used by crld, and by dtokd with views = 'crld'."""
+
     tau_w: float = _f(0.9, min=0.0, max=1.0, doc="weak-view teacher confidence gating the within-view KL")
     tau_s: float = _f(0.2, min=0.0, max=1.0, doc="strong-view teacher confidence gating the cross-view KL")
     w_ce: float = _f(1.0, min=0.0, doc="crld only: weight of CE on both views")
@@ -106,8 +119,12 @@ class CRLDConfig:
 @dataclass
 class DTOKDConfig:
     """DTO-KD (methods.md section 3): used by dtokd."""
-    balancer: str = _f("famo", choices=("famo", "exact"), doc="famo: amortised weights (section 3.4); exact: "
-                                                             "two-objective closed form, two backwards (section 3.3)")
+
+    balancer: str = _f(
+        "famo",
+        choices=("famo", "exact"),
+        doc="famo: amortised weights (section 3.4); exact: two-objective closed form, two backwards (section 3.3)",
+    )
     kl_loss: bool = _f(True, doc="logit KD objective at [distill].T (CRLD's consistency with views = 'crld')")
     feature_loss: bool = _f(True, doc="projector feature objective (section 3.5)")
     weight_lr: float = _f(0.025, min=0.0, min_exclusive=True, doc="famo: Adam lr of the weight logits")
@@ -122,9 +139,13 @@ class CalibrationConfig:
     min_samples_per_class: int = _f(100, min=1)
     # 0.9, not 0: thresholds chosen on the observed error broke the target on the test set for
     # all 20 students of the CPU study (docs/RESULTS.md, "Accept thresholds out of sample").
-    bound_confidence: float = _f(0.9, min=0.0, max=0.999,
-                                 doc="0: a threshold's observed error meets the target; 0.9: its one-sided "
-                                     "Clopper-Pearson upper bound at 90 % confidence does")
+    bound_confidence: float = _f(
+        0.9,
+        min=0.0,
+        max=0.999,
+        doc="0: a threshold's observed error meets the target; 0.9: its one-sided "
+        "Clopper-Pearson upper bound at 90 % confidence does",
+    )
 
 
 @dataclass
@@ -143,11 +164,17 @@ class RunConfig:
     checkpoint_every: int = _f(1, min=1)
     threads: int | None = _f(None, min=1, doc="torch CPU threads")
     log_steps: int = _f(20, min=1, max=1000, doc="step events per epoch, at most")
-    compile: str = _f("off", choices=("off", "default", "reduce-overhead"),
-                      doc="torch.compile the training step; reduce-overhead adds CUDA graphs; falls back to "
-                          "eager (with a 'compile' event) when unavailable or failing")
-    timing_warmup_steps: int = _f(10, min=0, doc="steps at the start of a phase left out of images/s "
-                                                 "(compile, CUDA-graph capture, cuDNN autotuning)")
+    compile: str = _f(
+        "off",
+        choices=("off", "default", "reduce-overhead"),
+        doc="torch.compile the training step; reduce-overhead adds CUDA graphs; falls back to "
+        "eager (with a 'compile' event) when unavailable or failing",
+    )
+    timing_warmup_steps: int = _f(
+        10,
+        min=0,
+        doc="steps at the start of a phase left out of images/s (compile, CUDA-graph capture, cuDNN autotuning)",
+    )
 
 
 @dataclass
@@ -183,7 +210,9 @@ def _type_name(tp: Any) -> str:
     args = typing.get_args(tp)
     if args:
         return " or ".join("none" if a is type(None) else a.__name__ for a in args)
-    return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(tp.__name__, tp.__name__)
+    return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}.get(
+        tp.__name__, tp.__name__
+    )
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -213,7 +242,9 @@ def _check_meta(value: Any, meta: dict, where: str) -> None:
     if value is None:
         return
     if meta.get("choices") and value not in meta["choices"]:
-        raise ConfigError(f"{where}: {value!r} is not allowed (expected one of {', '.join(map(repr, meta['choices']))})")
+        raise ConfigError(
+            f"{where}: {value!r} is not allowed (expected one of {', '.join(map(repr, meta['choices']))})"
+        )
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
         op = ">" if meta.get("min_exclusive") else ">="
@@ -257,8 +288,12 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def from_dict(raw: dict, source: str = "<config>", overrides: list[str] | None = None,
-              warn=lambda msg: print(msg, file=sys.stderr)) -> Config:
+def from_dict(
+    raw: dict,
+    source: str = "<config>",
+    overrides: list[str] | None = None,
+    warn=lambda msg: print(msg, file=sys.stderr),
+) -> Config:
     """Build and validate a Config from a parsed TOML dict (plus ``--set`` overrides)."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for k in raw:
@@ -277,7 +312,9 @@ def from_dict(raw: dict, source: str = "<config>", overrides: list[str] | None =
             cleared.add(f"{section}.{key}")
             fields = {f.name for f in dataclasses.fields(SECTIONS[section])}
             if key not in fields:
-                raise ConfigError(f"--set {ov}: [{section}].{key}: unknown key (expected one of {', '.join(sorted(fields))})")
+                raise ConfigError(
+                    f"--set {ov}: [{section}].{key}: unknown key (expected one of {', '.join(sorted(fields))})"
+                )
         else:
             sec[key] = value
     explicit: set[str] = set()
@@ -296,8 +333,10 @@ def validate(cfg: Config, explicit: set[str], warn) -> None:
 
     src = cfg.source
     if cfg.distill.method not in DISTILLERS:
-        raise ConfigError(f"{src}: [distill].method: unknown method {cfg.distill.method!r} "
-                          f"(expected one of {', '.join(sorted(DISTILLERS))})")
+        raise ConfigError(
+            f"{src}: [distill].method: unknown method {cfg.distill.method!r} "
+            f"(expected one of {', '.join(sorted(DISTILLERS))})"
+        )
     needs_teacher = DISTILLERS[cfg.distill.method].needs_teacher
     for sec in ("student",) + (("teacher",) if needs_teacher else ()):
         why = check_model_name(getattr(cfg, sec).model)
@@ -305,18 +344,24 @@ def validate(cfg: Config, explicit: set[str], warn) -> None:
             raise ConfigError(f"{src}: [{sec}].model: {why}")
     t = cfg.teacher
     if needs_teacher and t.model.startswith("timm:") and not t.weights:
-        raise ConfigError(f"{src}: [teacher].weights: required for a timm teacher (expected a local weights file; "
-                          "nothing is downloaded)")
+        raise ConfigError(
+            f"{src}: [teacher].weights: required for a timm teacher (expected a local weights file; "
+            "nothing is downloaded)"
+        )
     if needs_teacher and t.weights and not Path(t.weights).is_file():
         raise ConfigError(f"{src}: [teacher].weights: {t.weights}: no such file (expected a weights file)")
     if needs_teacher and t.model.startswith("torchscript:") and not Path(t.model.split(":", 1)[1]).is_file():
         raise ConfigError(f"{src}: [teacher].model: {t.model.split(':', 1)[1]}: no such TorchScript file")
     if needs_teacher and t.finetune:
         if not t.weights:
-            raise ConfigError(f"{src}: [teacher].finetune: true with no [teacher].weights (expected weights to start from)")
+            raise ConfigError(
+                f"{src}: [teacher].finetune: true with no [teacher].weights (expected weights to start from)"
+            )
         if t.model.startswith("torchscript:"):
-            raise ConfigError(f"{src}: [teacher].finetune: a TorchScript teacher is used as it is "
-                              "(expected false, or a registered or timm teacher)")
+            raise ConfigError(
+                f"{src}: [teacher].finetune: a TorchScript teacher is used as it is "
+                "(expected false, or a registered or timm teacher)"
+            )
         if t.epochs < 1:
             raise ConfigError(f"{src}: [teacher].finetune: true with [teacher].epochs = {t.epochs} (expected >= 1)")
     if needs_teacher and t.epochs == 0 and not t.weights and not t.model.startswith(("torchscript:", "timm:")):
@@ -326,46 +371,64 @@ def validate(cfg: Config, explicit: set[str], warn) -> None:
     _check_combination(cfg)
     unused = _unused_keys(cfg, explicit, needs_teacher)
     if unused:
-        warn(f"{src}: warning: method {cfg.distill.method!r} with views {cfg.views!r} does not use "
-             f"{', '.join(unused)} (ignored)")
+        warn(
+            f"{src}: warning: method {cfg.distill.method!r} with views {cfg.views!r} does not use "
+            f"{', '.join(unused)} (ignored)"
+        )
     if cfg.data.dataset == "fashion-mnist":
         if cfg.data.color != "gray":
             raise ConfigError(f"{src}: [data].color: {cfg.data.color!r} for fashion-mnist (expected 'gray')")
         if cfg.data.image_size != 28:
             raise ConfigError(f"{src}: [data].image_size: {cfg.data.image_size} for fashion-mnist (expected 28)")
     if cfg.data.limit_train is not None and cfg.data.limit_train <= cfg.data.calibration_split:
-        raise ConfigError(f"{src}: [data].limit_train: {cfg.data.limit_train} leaves no training images after "
-                          f"the calibration split of {cfg.data.calibration_split} (expected > calibration_split)")
+        raise ConfigError(
+            f"{src}: [data].limit_train: {cfg.data.limit_train} leaves no training images after "
+            f"the calibration split of {cfg.data.calibration_split} (expected > calibration_split)"
+        )
 
 
 def _check_combination(cfg: Config) -> None:
     """The valid combinations of method, views, DTO-KD objectives/balancer and compile (docs/METHODS.md)."""
     src, method, d = cfg.source, cfg.distill.method, cfg.dtokd
     if cfg.views == "crld" and method not in ("crld", "dtokd"):
-        raise ConfigError(f"{src}: [distill].views: 'crld' is not valid with method {method!r} (CRLD's weak+strong "
-                          "views feed methods 'crld' and 'dtokd'; expected 'single' or no value)")
+        raise ConfigError(
+            f"{src}: [distill].views: 'crld' is not valid with method {method!r} (CRLD's weak+strong "
+            "views feed methods 'crld' and 'dtokd'; expected 'single' or no value)"
+        )
     if method == "crld" and cfg.views != "crld":
-        raise ConfigError(f"{src}: [distill].views: {cfg.views!r} is not valid with method 'crld' (CRLD is defined on "
-                          "a weak and a strong view; expected 'crld' or no value)")
+        raise ConfigError(
+            f"{src}: [distill].views: {cfg.views!r} is not valid with method 'crld' (CRLD is defined on "
+            "a weak and a strong view; expected 'crld' or no value)"
+        )
     if method != "dtokd":
         return
     if not d.kl_loss and not d.feature_loss:
-        raise ConfigError(f"{src}: [dtokd].kl_loss: false together with feature_loss = false leaves only the task "
-                          "objective (expected at least one distillation objective)")
+        raise ConfigError(
+            f"{src}: [dtokd].kl_loss: false together with feature_loss = false leaves only the task "
+            "objective (expected at least one distillation objective)"
+        )
     if cfg.views == "crld" and not d.kl_loss:
-        raise ConfigError(f"{src}: [dtokd].kl_loss: false with [distill].views = 'crld' (the crld views feed the kl "
-                          "objective, CRLD's within/cross-view consistency; expected true)")
+        raise ConfigError(
+            f"{src}: [dtokd].kl_loss: false with [distill].views = 'crld' (the crld views feed the kl "
+            "objective, CRLD's within/cross-view consistency; expected true)"
+        )
     n_objectives = 1 + d.kl_loss + d.feature_loss
     if d.balancer == "exact" and n_objectives != 2:
-        raise ConfigError(f"{src}: [dtokd].balancer: 'exact' solves the two-objective case, but task + kl + feature "
-                          "make 3 (set kl_loss or feature_loss to false, or use 'famo')")
+        raise ConfigError(
+            f"{src}: [dtokd].balancer: 'exact' solves the two-objective case, but task + kl + feature "
+            "make 3 (set kl_loss or feature_loss to false, or use 'famo')"
+        )
     if d.balancer == "exact" and cfg.run.compile != "off":
-        raise ConfigError(f"{src}: [dtokd].balancer: 'exact' takes two backward passes through one graph per step "
-                          f"and runs eagerly, but [run].compile = {cfg.run.compile!r} (expected compile = 'off', "
-                          "or balancer = 'famo')")
+        raise ConfigError(
+            f"{src}: [dtokd].balancer: 'exact' takes two backward passes through one graph per step "
+            f"and runs eagerly, but [run].compile = {cfg.run.compile!r} (expected compile = 'off', "
+            "or balancer = 'famo')"
+        )
     if d.feature_loss and cfg.teacher.model.startswith("torchscript:"):
-        raise ConfigError(f"{src}: [dtokd].feature_loss: teacher {cfg.teacher.model!r} exposes logits only, not the "
-                          "pooled features the projector distils (expected false, or a registered or timm teacher)")
+        raise ConfigError(
+            f"{src}: [dtokd].feature_loss: teacher {cfg.teacher.model!r} exposes logits only, not the "
+            "pooled features the projector distils (expected false, or a registered or timm teacher)"
+        )
 
 
 def _unused_keys(cfg: Config, explicit: set[str], needs_teacher: bool) -> list[str]:
@@ -388,7 +451,9 @@ def _unused_keys(cfg: Config, explicit: set[str], needs_teacher: bool) -> list[s
     return sorted(k for k in explicit if not used(k))
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, warn=lambda m: print(m, file=sys.stderr)) -> Config:
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, warn=lambda m: print(m, file=sys.stderr)
+) -> Config:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -409,6 +474,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         # json string escaping is a subset of TOML basic strings for what we write.
         import json
+
         return json.dumps(v, ensure_ascii=False)
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 

@@ -26,8 +26,16 @@ class ParityError(RuntimeError):
 def export_onnx(student: nn.Module, shape: tuple[int, int, int, int], path: Path, opset: int = 17) -> None:
     # A CPU fp32 copy: export must not depend on the training device, AMP or channels_last.
     model = copy.deepcopy(student).cpu().float().to(memory_format=torch.contiguous_format).eval()
-    torch.onnx.export(model, (torch.zeros(shape),), str(path), input_names=["image"], output_names=["logits"],
-                      opset_version=opset, dynamo=False, do_constant_folding=True)
+    torch.onnx.export(
+        model,
+        (torch.zeros(shape),),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamo=False,
+        do_constant_folding=True,
+    )
 
 
 def reference_tensors(student: nn.Module, images: np.ndarray, out_dir: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -63,17 +71,41 @@ def verify_onnxruntime(path: Path, pairs, tol: float = 1e-4) -> float | None:
     return worst
 
 
-def build_card(*, name: str, labels: list[str], shape, color: str, scale: float, mean, std, calibration: dict,
-               method: str, teachers: list[str], dataset: str, metrics: dict, command: str) -> dict:
+def build_card(
+    *,
+    name: str,
+    labels: list[str],
+    shape,
+    color: str,
+    scale: float,
+    mean,
+    std,
+    calibration: dict,
+    method: str,
+    teachers: list[str],
+    dataset: str,
+    metrics: dict,
+    command: str,
+) -> dict:
     return {
         "schema": 1,
         "name": name,
         "task": "classification",
         "labels": list(labels),
-        "inputs": [{
-            "name": "image", "modality": "camera", "shape": list(shape), "layout": "NCHW", "color": color,
-            "resize": "stretch", "scale": scale, "mean": list(mean), "std": list(std), "optional": False,
-        }],
+        "inputs": [
+            {
+                "name": "image",
+                "modality": "camera",
+                "shape": list(shape),
+                "layout": "NCHW",
+                "color": color,
+                "resize": "stretch",
+                "scale": scale,
+                "mean": list(mean),
+                "std": list(std),
+                "optional": False,
+            }
+        ],
         "missing_modality": {"policy": "zero-fill", "mask_input": None},
         "output": "logits",
         "calibration": calibration,
@@ -84,7 +116,7 @@ def build_card(*, name: str, labels: list[str], shape, color: str, scale: float,
             # The schema allows numbers only: unknown metrics are left out rather than null.
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v == v},
             "edge_kd_version": __version__,
-            "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+            "created": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
             "command": command,
         },
     }

@@ -63,9 +63,18 @@ def distiller_params(cfg: Config) -> dict:
     if d.method == "crld":
         return {"T": d.T, "w_ce": c.w_ce, "log_every": c.log_every, **crld}
     if d.method == "dtokd":
-        return {"T": d.T, "views": cfg.views, "balancer": t.balancer, "kl_loss": t.kl_loss,
-                "feature_loss": t.feature_loss, "weight_lr": t.weight_lr, "weight_decay": t.weight_decay,
-                "clip_norm": t.clip_norm, "log_every": t.log_every, **crld}
+        return {
+            "T": d.T,
+            "views": cfg.views,
+            "balancer": t.balancer,
+            "kl_loss": t.kl_loss,
+            "feature_loss": t.feature_loss,
+            "weight_lr": t.weight_lr,
+            "weight_decay": t.weight_decay,
+            "clip_norm": t.clip_norm,
+            "log_every": t.log_every,
+            **crld,
+        }
     return {}
 
 
@@ -99,8 +108,10 @@ def run_distill(cfg: Config, out: Path, resume: bool, emit, command: str) -> dic
     if world > 1 and cfg.distill.method == "dtokd" and cfg.dtokd.balancer == "exact":
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-        raise ConfigError(f"{cfg.source}: [dtokd].balancer: 'exact' runs in one process only (this is a "
-                          f"{world}-process torchrun; expected 'famo', or a single process)")
+        raise ConfigError(
+            f"{cfg.source}: [dtokd].balancer: 'exact' runs in one process only (this is a "
+            f"{world}-process torchrun; expected 'famo', or a single process)"
+        )
     try:
         return _run(cfg, out, resume, emit, command, device, rank, world)
     finally:
@@ -127,19 +138,33 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
     emit({"event": "start", "out": str(out), "device": device.type, "world_size": world, "config": cfg.to_dict()})
 
     splits = load_splits(cfg.data)
-    log(f"data: train {len(splits.train)}, calibration {len(splits.calibration)}, test {len(splits.test)}; "
-        f"mean {splits.normalizer.mean} std {splits.normalizer.std}")
+    log(
+        f"data: train {len(splits.train)}, calibration {len(splits.calibration)}, test {len(splits.test)}; "
+        f"mean {splits.normalizer.mean} std {splits.normalizer.std}"
+    )
     train, test, calib = splits.train.to(device), splits.test.to(device), splits.calibration.to(device)
     norm = splits.normalizer
     n_cls, in_ch = len(splits.labels), splits.train.images.shape[1]
     cuda = device.type == "cuda"  # bf16 and channels_last pay off there only
-    ctx = Context(device=device, rank=rank, world=world, emit=emit, out=out, seed=cfg.run.seed,
-                  amp=cuda and cfg.run.amp, channels_last=cuda and cfg.run.channels_last,
-                  checkpoint_every=cfg.run.checkpoint_every,
-                  log_steps=cfg.run.log_steps, augment_flip=cfg.data.augment_flip,
-                  augment_shift=cfg.data.augment_shift, log=log, compile=cfg.run.compile,
-                  timing_warmup_steps=cfg.run.timing_warmup_steps, strong_ops=cfg.crld.randaugment_ops,
-                  cutout=cfg.crld.cutout)
+    ctx = Context(
+        device=device,
+        rank=rank,
+        world=world,
+        emit=emit,
+        out=out,
+        seed=cfg.run.seed,
+        amp=cuda and cfg.run.amp,
+        channels_last=cuda and cfg.run.channels_last,
+        checkpoint_every=cfg.run.checkpoint_every,
+        log_steps=cfg.run.log_steps,
+        augment_flip=cfg.data.augment_flip,
+        augment_shift=cfg.data.augment_shift,
+        log=log,
+        compile=cfg.run.compile,
+        timing_warmup_steps=cfg.run.timing_warmup_steps,
+        strong_ops=cfg.crld.randaugment_ops,
+        cutout=cfg.crld.cutout,
+    )
     ckpt_dir = out / "checkpoints"
 
     # ---- teacher
@@ -154,8 +179,17 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
         else:
             # The teacher is trained (or fine-tuned from its weights) with the scratch distiller:
             # same loop, checkpoints and resume.
-            fit("teacher", create_distiller("scratch", teacher), tc, train, test, norm, ctx,
-                ckpt_dir / "teacher.pt", resume)
+            fit(
+                "teacher",
+                create_distiller("scratch", teacher),
+                tc,
+                train,
+                test,
+                norm,
+                ctx,
+                ckpt_dir / "teacher.pt",
+                resume,
+            )
         teacher.eval()
         t_acc = accuracy(predict(teacher, test, norm, ctx), test.labels)
         teacher_info = {"model": tc.model, "params": count_params(teacher), "test_accuracy": t_acc}
@@ -171,23 +205,43 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
     res = fit("student", distiller, sc, train, test, norm, ctx, ckpt_dir / "student.pt", resume)
     student = distiller.student.eval()
     warm = (res.throughput or {}).get("warmup_steps_left_out", 0)
-    log(f"student {sc.model}: test accuracy {res.test_accuracy:.4f}, {res.images_per_s:.0f} images/s "
-        f"(last epoch; the phase's first {warm} steps are not timed)")
+    log(
+        f"student {sc.model}: test accuracy {res.test_accuracy:.4f}, {res.images_per_s:.0f} images/s "
+        f"(last epoch; the phase's first {warm} steps are not timed)"
+    )
 
     # ---- calibrate (calibration split = end of the training set)
     emit({"event": "phase", "phase": "calibrate"})
     cal_logits = predict(student, calib, norm, ctx).double().numpy()
     cal_labels = calib.labels.cpu().numpy()
     cc = cfg.calibration
-    cal = cal_mod.calibrate(cal_logits, cal_labels, splits.labels, cc.max_error_among_accepted,
-                            cc.min_samples_per_class, cc.bound_confidence)
+    cal = cal_mod.calibrate(
+        cal_logits,
+        cal_labels,
+        splits.labels,
+        cc.max_error_among_accepted,
+        cc.min_samples_per_class,
+        cc.bound_confidence,
+    )
     summary = None
     if is_main:
-        plots = [str(reliability_png(cal_logits, cal_labels, cal.temperature, cal.ece_before, cal.ece_after,
-                                     out / "reliability.png")),
-                 str(risk_coverage_png(cal_logits, cal_labels, cal.temperature, cal.target,
-                                       cal.coverage if cal.error_among_accepted is not None else None,
-                                       out / "risk_coverage.png"))]
+        plots = [
+            str(
+                reliability_png(
+                    cal_logits, cal_labels, cal.temperature, cal.ece_before, cal.ece_after, out / "reliability.png"
+                )
+            ),
+            str(
+                risk_coverage_png(
+                    cal_logits,
+                    cal_labels,
+                    cal.temperature,
+                    cal.target,
+                    cal.coverage if cal.error_among_accepted is not None else None,
+                    out / "risk_coverage.png",
+                )
+            ),
+        ]
         records = diagnostic_records(out / "events.jsonl")
         gradients = [r for r in records if any(k.startswith("cosine_") for k in r)]
         if gradients:
@@ -200,14 +254,29 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
         ref_images = norm(splits.test.images[:n_ref]).numpy()
         name = cfg.export.name or f"{cfg.data.dataset}-{sc.model}-{cfg.distill.method}"
         params = count_params(student)
-        metrics = {"test_accuracy": res.test_accuracy, "params": params,
-                   "calibration_nll_before": cal.nll_before, "calibration_nll_after": cal.nll_after}
+        metrics = {
+            "test_accuracy": res.test_accuracy,
+            "params": params,
+            "calibration_nll_before": cal.nll_before,
+            "calibration_nll_after": cal.nll_after,
+        }
         if teacher_info:
             metrics["teacher_test_accuracy"] = teacher_info["test_accuracy"]
-        card = build_card(name=name, labels=splits.labels, shape=(1, c, h, w), color=splits.color,
-                          scale=norm.scale, mean=norm.mean, std=norm.std, calibration=cal.to_card(),
-                          method=cfg.distill.method, teachers=[cfg.teacher.model] if teacher_info else [],
-                          dataset=cfg.data.dataset, metrics=metrics, command=command)
+        card = build_card(
+            name=name,
+            labels=splits.labels,
+            shape=(1, c, h, w),
+            color=splits.color,
+            scale=norm.scale,
+            mean=norm.mean,
+            std=norm.std,
+            calibration=cal.to_card(),
+            method=cfg.distill.method,
+            teachers=[cfg.teacher.model] if teacher_info else [],
+            dataset=cfg.data.dataset,
+            metrics=metrics,
+            command=command,
+        )
         exp = export_student(student, card, ref_images, out, cfg.export.opset)
         notes = list(cal.notes)
         if exp["max_abs_diff"] is None:

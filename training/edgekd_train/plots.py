@@ -22,16 +22,20 @@ def _bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS):
     return acc, mconf
 
 
-def reliability_png(logits: np.ndarray, labels: np.ndarray, temperature: float, ece_before: float,
-                    ece_after: float, path: Path) -> Path:
+def reliability_png(
+    logits: np.ndarray, labels: np.ndarray, temperature: float, ece_before: float, ece_after: float, path: Path
+) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     centers = (np.arange(N_BINS) + 0.5) / N_BINS
-    for t, name, ece, mk in ((1.0, "before (T=1)", ece_before, "o-"),
-                             (temperature, f"after (T={temperature:.3f})", ece_after, "s-")):
+    for t, name, ece, mk in (
+        (1.0, "before (T=1)", ece_before, "o-"),
+        (temperature, f"after (T={temperature:.3f})", ece_after, "s-"),
+    ):
         acc, conf = _bins(softmax(logits, t), labels)
         m = ~np.isnan(acc)
         ax.plot(conf[m], acc[m], mk, label=f"{name}, ECE {ece:.4f}")
@@ -49,9 +53,11 @@ def reliability_png(logits: np.ndarray, labels: np.ndarray, temperature: float, 
     return path
 
 
-def risk_coverage_png(logits: np.ndarray, labels: np.ndarray, temperature: float, target: float,
-                      coverage: float | None, path: Path) -> Path:
+def risk_coverage_png(
+    logits: np.ndarray, labels: np.ndarray, temperature: float, target: float, coverage: float | None, path: Path
+) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -84,12 +90,13 @@ def gradient_balance_png(records: list[dict], path: Path) -> Path:
     dominance (log10 of ||grad L_k|| / ||grad L_task||; far from 0, one objective drowns the
     other), and the objective weights pi. ``records`` are DTO-KD's "diagnostics" events."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = np.array([r["step"] for r in records], dtype=float)
-    objectives = sorted({k[len("inner_"):] for r in records for k in r if k.startswith("inner_")})
-    weights = sorted({k[len("pi_"):] for r in records for k in r if k.startswith("pi_")})
+    objectives = sorted({k[len("inner_") :] for r in records for k in r if k.startswith("inner_")})
+    weights = sorted({k[len("pi_") :] for r in records for k in r if k.startswith("pi_")})
 
     def series(key: str) -> np.ndarray:
         return np.array([np.nan if r.get(key) is None else float(r[key]) for r in records])

@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -155,8 +155,10 @@ def _state(distiller: Distiller, opt, sched, epoch: int, phase: str, extra: dict
         "extra_modules": [to_cpu(m.state_dict()) for m in mods[1:]],
         "optimizer": copy.deepcopy(opt.state_dict()),
         "scheduler": sched.state_dict(),
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
     }
     state.update(extra)
     # Optimizer state may hold CUDA tensors; move them so the snapshot does not pin GPU memory.
@@ -181,15 +183,17 @@ def load_checkpoint(path: Path) -> dict:
 def _restore(distiller: Distiller, opt, sched, st: dict) -> None:
     mods = distiller.trainable_modules()
     mods[0].load_state_dict(st["model"])
-    for m, sd in zip(mods[1:], st["extra_modules"]):
+    # strict: a checkpoint of another method's modules must not be half restored.
+    for m, sd in zip(mods[1:], st["extra_modules"], strict=True):
         m.load_state_dict(sd)
     # A copy: on CPU the optimiser would otherwise adopt (and then update) the snapshot's tensors.
     opt.load_state_dict(copy.deepcopy(st["optimizer"]))
     sched.load_state_dict(st["scheduler"])
 
 
-def _step_tools(model: nn.Module, distiller: Distiller, norm: Normalizer, ctx: Context,
-                compiler: Compiler) -> tuple[StepFunctions, ViewMaker]:
+def _step_tools(
+    model: nn.Module, distiller: Distiller, norm: Normalizer, ctx: Context, compiler: Compiler
+) -> tuple[StepFunctions, ViewMaker]:
     forward = compiler(model)
     targets = compiler.without_cudagraphs(distiller.targets)
 
@@ -201,14 +205,31 @@ def _step_tools(model: nn.Module, distiller: Distiller, norm: Normalizer, ctx: C
         with torch.no_grad(), ctx.autocast():
             return targets(batch)
 
-    views = ViewMaker(distiller.views, norm, ctx.device, flip=ctx.augment_flip, shift=ctx.augment_shift,
-                      channels_last=ctx.channels_last, n_ops=ctx.strong_ops, cutout_frac=ctx.cutout,
-                      compile_fn=compiler.without_cudagraphs if compiler.enabled else None)
+    views = ViewMaker(
+        distiller.views,
+        norm,
+        ctx.device,
+        flip=ctx.augment_flip,
+        shift=ctx.augment_shift,
+        channels_last=ctx.channels_last,
+        n_ops=ctx.strong_ops,
+        cutout_frac=ctx.cutout,
+        compile_fn=compiler.without_cudagraphs if compiler.enabled else None,
+    )
     return StepFunctions(run_forward, run_targets, ctx.world), views
 
 
-def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorData, norm: Normalizer,
-        ctx: Context, ckpt_path: Path, resume: bool) -> FitResult:
+def fit(
+    phase: str,
+    distiller: Distiller,
+    sec,
+    train: TensorData,
+    test: TensorData,
+    norm: Normalizer,
+    ctx: Context,
+    ckpt_path: Path,
+    resume: bool,
+) -> FitResult:
     epochs = sec.epochs
     compiler, compile_note = choose(ctx.compile, ctx.device, ctx.world, ctx.compile_backend)
     # Compiled steps want one static batch shape: a last partial batch would recompile (and
@@ -236,14 +257,29 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
 
     model = distiller
     if ctx.world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            distiller, device_ids=[ctx.device.index] if ctx.cuda else None)
+        model = nn.parallel.DistributedDataParallel(distiller, device_ids=[ctx.device.index] if ctx.cuda else None)
     if start < epochs:
-        ctx.emit({"event": "phase", "phase": phase, "epochs": epochs, "batch_size": sec.batch_size * ctx.world,
-                  "lr": lr, "views": distiller.views, "compile": compiler.mode})
+        ctx.emit(
+            {
+                "event": "phase",
+                "phase": phase,
+                "epochs": epochs,
+                "batch_size": sec.batch_size * ctx.world,
+                "lr": lr,
+                "views": distiller.views,
+                "compile": compiler.mode,
+            }
+        )
         if compile_note:
-            ctx.emit({"event": "compile", "phase": phase, "requested": ctx.compile, "mode": compiler.mode,
-                      "reason": compile_note})
+            ctx.emit(
+                {
+                    "event": "compile",
+                    "phase": phase,
+                    "requested": ctx.compile,
+                    "mode": compiler.mode,
+                    "reason": compile_note,
+                }
+            )
     else:
         ctx.emit({"event": "phase", "phase": phase, "skipped": f"loaded from {ckpt_path}"})
     snapshot = _state(distiller, opt, sched, start, phase, {"done": start >= epochs})
@@ -269,8 +305,9 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
                 torch.cuda.synchronize()
             t_epoch = t0 = time.perf_counter()
             timed_from = 0
-            for s, (xb, yb) in enumerate(epoch_batches(train, sec.batch_size, ctx.seed, epoch, ctx.rank,
-                                                       ctx.world, drop_last=drop_last)):
+            for s, (xb, yb) in enumerate(
+                epoch_batches(train, sec.batch_size, ctx.seed, epoch, ctx.rank, ctx.world, drop_last=drop_last)
+            ):
                 if s == warmup and warmup > 0:
                     if ctx.cuda:
                         torch.cuda.synchronize()
@@ -287,14 +324,22 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
                         raise
                     if ctx.world > 1:
                         # DDP's reducer may be half way through a backward; it cannot be rewound.
-                        raise RuntimeError(f"torch.compile failed under DDP ({describe(e)}); rerun with "
-                                           "--set run.compile=off") from e
+                        raise RuntimeError(
+                            f"torch.compile failed under DDP ({describe(e)}); rerun with --set run.compile=off"
+                        ) from e
                     # Undo whatever the failed step touched and carry on eagerly from the same batch.
                     _restore(distiller, opt, sched, snapshot)
                     compiler = Compiler("off")
                     fns, views = _step_tools(model, distiller, norm, ctx, compiler)
-                    ctx.emit({"event": "compile", "phase": phase, "requested": ctx.compile, "mode": "off",
-                              "reason": f"compile failed, running eagerly: {describe(e)}"})
+                    ctx.emit(
+                        {
+                            "event": "compile",
+                            "phase": phase,
+                            "requested": ctx.compile,
+                            "mode": "off",
+                            "reason": f"compile failed, running eagerly: {describe(e)}",
+                        }
+                    )
                     batch = {**views(xb, gen), "label": yb}
                     loss, logits = distiller.step(fns, batch, opt)
                 first_compiled_step = False
@@ -304,11 +349,21 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
                 correct += (logits.argmax(1) == yb).sum()
                 seen += yb.shape[0]
                 if ctx.is_main and (s % every == 0 or s == steps - 1):
-                    ctx.emit({"event": "step", "phase": phase, "epoch": epoch + 1, "of": epochs,
-                              "step": s + 1, "steps": steps, "loss": float(loss)})
+                    ctx.emit(
+                        {
+                            "event": "step",
+                            "phase": phase,
+                            "epoch": epoch + 1,
+                            "of": epochs,
+                            "step": s + 1,
+                            "steps": steps,
+                            "loss": float(loss),
+                        }
+                    )
             if ctx.world > 1:
-                stats = torch.stack([loss_sum, correct.to(loss_sum.dtype),
-                                     torch.tensor(float(seen), device=ctx.device)])
+                stats = torch.stack(
+                    [loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=ctx.device)]
+                )
                 torch.distributed.all_reduce(stats)
                 loss_sum, correct, seen_all = stats[0], stats[1], float(stats[2])
             else:
@@ -322,24 +377,54 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
             ips = n_timed / (t_end - t0) if t_end > t0 else 0.0
             timed_images += n_timed
             timed_seconds += t_end - t0
-            throughput = {"images_per_s": timed_images / timed_seconds if timed_seconds > 0 else 0.0,
-                          "timed_images": timed_images, "timed_seconds": timed_seconds,
-                          "warmup_steps_left_out": min(ctx.timing_warmup_steps, steps // 2),
-                          "batch_size": sec.batch_size * ctx.world, "lr": lr, "compile": compiler.mode,
-                          "amp": ctx.amp, "channels_last": ctx.channels_last,
-                          "views": distiller.views, "device": ctx.device.type, "world_size": ctx.world}
+            throughput = {
+                "images_per_s": timed_images / timed_seconds if timed_seconds > 0 else 0.0,
+                "timed_images": timed_images,
+                "timed_seconds": timed_seconds,
+                "warmup_steps_left_out": min(ctx.timing_warmup_steps, steps // 2),
+                "batch_size": sec.batch_size * ctx.world,
+                "lr": lr,
+                "compile": compiler.mode,
+                "amp": ctx.amp,
+                "channels_last": ctx.channels_last,
+                "views": distiller.views,
+                "device": ctx.device.type,
+                "world_size": ctx.world,
+            }
             test_acc = accuracy(predict(distiller.student, test, norm, ctx), test.labels)
             done = epoch + 1
-            snapshot = _state(distiller, opt, sched, done, phase,
-                              {"done": done >= epochs, "test_accuracy": test_acc, "images_per_s": ips,
-                               "throughput": throughput})
+            snapshot = _state(
+                distiller,
+                opt,
+                sched,
+                done,
+                phase,
+                {"done": done >= epochs, "test_accuracy": test_acc, "images_per_s": ips, "throughput": throughput},
+            )
             if ctx.is_main:
                 for step_no, d in diagnostics:
-                    ctx.emit({"event": "diagnostics", "phase": phase, "epoch": done, "step": step_no,
-                              **{k: float(v) for k, v in d.items()}})
-                ctx.emit({"event": "epoch", "phase": phase, "epoch": done, "of": epochs, "loss": train_loss,
-                          "train_accuracy": train_acc, "test_accuracy": test_acc, "images_per_s": ips,
-                          "seconds": secs})
+                    ctx.emit(
+                        {
+                            "event": "diagnostics",
+                            "phase": phase,
+                            "epoch": done,
+                            "step": step_no,
+                            **{k: float(v) for k, v in d.items()},
+                        }
+                    )
+                ctx.emit(
+                    {
+                        "event": "epoch",
+                        "phase": phase,
+                        "epoch": done,
+                        "of": epochs,
+                        "loss": train_loss,
+                        "train_accuracy": train_acc,
+                        "test_accuracy": test_acc,
+                        "images_per_s": ips,
+                        "seconds": secs,
+                    }
+                )
                 if done % ctx.checkpoint_every == 0 or done == epochs:
                     save_checkpoint(snapshot, ckpt_path)
                     ctx.emit({"event": "checkpoint", "phase": phase, "path": str(ckpt_path), "epoch": done})
@@ -356,5 +441,4 @@ def fit(phase: str, distiller: Distiller, sec, train: TensorData, test: TensorDa
         ips = st.get("images_per_s", 0.0)
         throughput = st.get("throughput")
     distiller.eval()
-    return FitResult(test_accuracy=test_acc, images_per_s=ips, epochs=epochs, resumed_from=start,
-                     throughput=throughput)
+    return FitResult(test_accuracy=test_acc, images_per_s=ips, epochs=epochs, resumed_from=start, throughput=throughput)

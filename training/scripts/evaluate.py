@@ -35,7 +35,7 @@ def logits_of(session, images: np.ndarray, mean, std, scale: float) -> np.ndarra
     s = np.asarray(std, np.float32).reshape(1, c, 1, 1)
     x = (images.astype(np.float32) * np.float32(scale) - m) / s
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: x[i: i + 1]})[0] for i in range(len(x))])
+    return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
 
 
 def rows_for(run: Path, confidences: list[float], data_path: str | None, per_class: bool = False) -> list[str]:
@@ -69,20 +69,28 @@ def rows_for(run: Path, confidences: list[float], data_path: str | None, per_cla
             m = accepted & (pred == k)
             if m.sum() and wrong[m].mean() > worst_err:
                 worst, worst_err = name, float(wrong[m].mean())
-        out.append(f"| {run.name} | {conf:g} | {(~wrong).mean() * 100:.2f} | {ece(p, test_y):.4f} | "
-                   f"{(c.coverage or 0) * 100:.1f} | {accepted.mean() * 100:.1f} | {err * 100:.2f} | "
-                   f"{worst} {worst_err * 100:.2f} |")
+        out.append(
+            f"| {run.name} | {conf:g} | {(~wrong).mean() * 100:.2f} | {ece(p, test_y):.4f} | "
+            f"{(c.coverage or 0) * 100:.1f} | {accepted.mean() * 100:.1f} | {err * 100:.2f} | "
+            f"{worst} {worst_err * 100:.2f} |"
+        )
         if per_class:
-            out += ["", f"{run.name}, bound confidence {conf:g}, per predicted class:", "",
-                    "| class | threshold | predicted, test | accepted, test | error among accepted, test |",
-                    "|---|---|---|---|---|"]
+            out += [
+                "",
+                f"{run.name}, bound confidence {conf:g}, per predicted class:",
+                "",
+                "| class | threshold | predicted, test | accepted, test | error among accepted, test |",
+                "|---|---|---|---|---|",
+            ]
             for k, name in enumerate(names):
                 pk = pred == k
                 m = accepted & pk
                 thr = c.per_class[name]
-                out.append(f"| {name} | {'null (review)' if thr is None else f'{thr:.3f}'} | {pk.sum()} | "
-                           f"{m.sum() / max(pk.sum(), 1) * 100:.1f} % | "
-                           f"{f'{wrong[m].mean() * 100:.2f} %' if m.any() else '–'} |")
+                out.append(
+                    f"| {name} | {'null (review)' if thr is None else f'{thr:.3f}'} | {pk.sum()} | "
+                    f"{m.sum() / max(pk.sum(), 1) * 100:.1f} % | "
+                    f"{f'{wrong[m].mean() * 100:.2f} %' if m.any() else '–'} |"
+                )
             out.append("")
     return out
 
@@ -90,13 +98,20 @@ def rows_for(run: Path, confidences: list[float], data_path: str | None, per_cla
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="run folders of `edge-kd distill`")
-    p.add_argument("--confidence", nargs="+", type=float, default=[0.0, 0.9],
-                   help="bound confidences to choose thresholds at (0: the observed error; default 0 0.9)")
+    p.add_argument(
+        "--confidence",
+        nargs="+",
+        type=float,
+        default=[0.0, 0.9],
+        help="bound confidences to choose thresholds at (0: the observed error; default 0 0.9)",
+    )
     p.add_argument("--data", help="data path, if not the one in the run's config")
     p.add_argument("--per-class", action="store_true", help="also a table per predicted class for each run")
     args = p.parse_args(argv)
-    print("| run | bound confidence | test accuracy % | test ECE | coverage cal % | coverage test % | "
-          "error among accepted, test % | worst class, test % |")
+    print(
+        "| run | bound confidence | test accuracy % | test ECE | coverage cal % | coverage test % | "
+        "error among accepted, test % | worst class, test % |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     failed = 0
     for run in args.runs:

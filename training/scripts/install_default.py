@@ -68,8 +68,10 @@ def check_run(run: Path, samples: list[Path]) -> dict:
             raise InstallError(f"{ref}: missing (the run needs at least {N_REFERENCE} reference samples)")
         diff = float(np.abs(np.load(ref) - preprocess(samples[k], inp)).max())
         if diff > 1e-5:
-            raise InstallError(f"{ref}: is not {samples[k].name} preprocessed by the card (max abs diff {diff:.2e}); "
-                               "the run's test split must be Fashion-MNIST's, unshuffled")
+            raise InstallError(
+                f"{ref}: is not {samples[k].name} preprocessed by the card (max abs diff {diff:.2e}); "
+                "the run's test split must be Fashion-MNIST's, unshuffled"
+            )
     return card
 
 
@@ -112,7 +114,10 @@ def install(run: Path, repo: Path) -> list[str]:
     (repo / "models" / "samples.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     img = repo / "docs" / "img"
     img.mkdir(parents=True, exist_ok=True)
-    for src, dst in (("reliability.png", "default-reliability.png"), ("risk_coverage.png", "default-risk-coverage.png")):
+    for src, dst in (
+        ("reliability.png", "default-reliability.png"),
+        ("risk_coverage.png", "default-risk-coverage.png"),
+    ):
         if (run / src).is_file():
             shutil.copyfile(run / src, img / dst)
     return rows
@@ -130,11 +135,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = json.loads((args.run / "summary.json").read_text(encoding="utf-8"))
     wrong = [r.split("\t")[0] for r in rows[1:] if r.split("\t")[1] != r.split("\t")[2]]
-    print(f"installed {args.run / 'student.onnx'} as models/default/student.onnx: {summary['student']['model']}, "
-          f"{summary['method']}, test accuracy {summary['student']['test_accuracy'] * 100:.2f} %")
-    print(f"samples: {len(rows) - 1 - len(wrong)} of {len(rows) - 1} right" + (f" (wrong: {', '.join(wrong)})" if wrong else ""))
-    print("next: cargo build (the default is embedded), then refresh README's sample output with "
-          "`cargo run --release -- run models/samples/` and docs/RESULTS.md with training/scripts/evaluate.py")
+    print(
+        f"installed {args.run / 'student.onnx'} as models/default/student.onnx: {summary['student']['model']}, "
+        f"{summary['method']}, test accuracy {summary['student']['test_accuracy'] * 100:.2f} %"
+    )
+    print(
+        f"samples: {len(rows) - 1 - len(wrong)} of {len(rows) - 1} right"
+        + (f" (wrong: {', '.join(wrong)})" if wrong else "")
+    )
+    print(
+        "next: cargo build (the default is embedded), then refresh README's sample output with "
+        "`cargo run --release -- run models/samples/` and docs/RESULTS.md with training/scripts/evaluate.py"
+    )
     return 0
 
 

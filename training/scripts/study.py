@@ -4,13 +4,14 @@
     python training/scripts/study.py report runs/study
 
 `run` trains the teacher once (in the first KD run) and hands its weights to every other run,
-so all students learn from the same teacher; `--teacher-weights` reuses one trained before. Each run is one `edge-kd distill` into
-OUT/<student>-<method>-e<epochs>-s<seed>/ with its log beside it; a run whose summary.json
-exists is skipped and one with checkpoints but no summary is resumed, so an interrupted study
-continues where it stopped. `--deadline S` bounds the wall time (a GPU lease, a CI slot): after
-S seconds no run starts and running ones are interrupted, which checkpoints them. `report` prints one
-markdown row per student and method: test accuracy as mean ± sample std over seeds (n), and
-the calibrated ECE, the accept coverage at the card's error target and the training img/s.
+so all students learn from the same teacher; `--teacher-weights` reuses one trained before.
+Each run is one `edge-kd distill` into OUT/<student>-<method>-e<epochs>-s<seed>/ with its log
+beside it; a run whose summary.json exists is skipped and one with checkpoints but no summary
+is resumed, so an interrupted study continues where it stopped. `--deadline S` bounds the wall
+time (a GPU lease, a CI slot): after S seconds no run starts and running ones are interrupted,
+which checkpoints them. `report` prints one markdown row per student and method: test accuracy
+as mean ± sample std over seeds (n), and the calibrated ECE, the accept coverage at the card's
+error target and the training img/s.
 """
 
 from __future__ import annotations
@@ -111,8 +112,14 @@ class Stopped(Exception):
 
 def distill(args, job: Job, teacher: Path | None, out: Path, deadline: Deadline) -> dict:
     base, extra = METHODS[job.method]
-    sets = [f"student.model={job.student}", f"student.epochs={job.epochs}", f"run.seed={job.seed}",
-            f"export.name=fashion-{job.student}-{job.method}-e{job.epochs}-s{job.seed}", *extra, *args.set]
+    sets = [
+        f"student.model={job.student}",
+        f"student.epochs={job.epochs}",
+        f"run.seed={job.seed}",
+        f"export.name=fashion-{job.student}-{job.method}-e{job.epochs}-s{job.seed}",
+        *extra,
+        *args.set,
+    ]
     if job.needs_teacher:
         sets.append(f"teacher.model={args.teacher}")
         sets.append(f"teacher.epochs={args.teacher_epochs}" if teacher is None else f"teacher.weights={teacher}")
@@ -196,8 +203,11 @@ def run(args) -> int:
         list(pool.map(work, jobs))
     print(report(out), end="")
     if stopped:
-        say(f"study: deadline reached: {len(stopped)} run(s) not finished; `run` again with the same "
-            "arguments continues them:\n  " + "\n  ".join(sorted(stopped)), sys.stderr)
+        say(
+            f"study: deadline reached: {len(stopped)} run(s) not finished; `run` again with the same "
+            "arguments continues them:\n  " + "\n  ".join(sorted(stopped)),
+            sys.stderr,
+        )
     if failures:
         print(f"study: {len(failures)} run(s) failed:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1
@@ -228,8 +238,12 @@ def report(out: Path) -> str:
     if not groups:
         return f"no finished runs (no */summary.json) in {out}\n"
     lines = []
-    teachers = {(s["teacher"]["model"], round(s["teacher"]["test_accuracy"], 4))
-                for runs in groups.values() for s in runs if s.get("teacher")}
+    teachers = {
+        (s["teacher"]["model"], round(s["teacher"]["test_accuracy"], 4))
+        for runs in groups.values()
+        for s in runs
+        if s.get("teacher")
+    }
     for model, acc in sorted(teachers):
         lines.append(f"Teacher {model}: test accuracy {acc * 100:.2f} %.")
     lines.append("")
@@ -243,8 +257,10 @@ def report(out: Path) -> str:
         ece = [s["ece_after"] for s in runs]
         cov = [s["coverage"] for s in runs if s.get("coverage") is not None]
         ips = [s["images_per_s"] for s in runs if s.get("images_per_s")]
-        lines.append(f"| {student} | {method} | {epochs} | {_mean_sd(acc, 100)} | {_mean_sd(ece, 1, 4)} | "
-                     f"{_mean_sd(cov, 100, 1)} | {_mean_sd(ips, 1, 0)} |")
+        lines.append(
+            f"| {student} | {method} | {epochs} | {_mean_sd(acc, 100)} | {_mean_sd(ece, 1, 4)} | "
+            f"{_mean_sd(cov, 100, 1)} | {_mean_sd(ips, 1, 0)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -259,15 +275,27 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--teacher", default="wrn16-4")
     r.add_argument("--teacher-epochs", type=int, default=20)
-    r.add_argument("--teacher-weights", metavar="PATH",
-                   help="a trained teacher (teacher.pt of an earlier run): no teacher is trained")
+    r.add_argument(
+        "--teacher-weights",
+        metavar="PATH",
+        help="a trained teacher (teacher.pt of an earlier run): no teacher is trained",
+    )
     r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     r.add_argument("--jobs", type=int, default=1, help="runs at once (CPU: one per core with --threads 1)")
     r.add_argument("--threads", type=int, default=0, help="torch threads per run (0: the config's)")
-    r.add_argument("--deadline", type=float, metavar="SECONDS",
-                   help="stop after this long: start no run, interrupt (checkpoint) the running ones")
-    r.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="extra override for every run (repeatable)")
+    r.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long: start no run, interrupt (checkpoint) the running ones",
+    )
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="extra override for every run (repeatable)",
+    )
     r.add_argument("--edge-kd", default=find_edge_kd(), help="the edge-kd binary")
     rep = sub.add_parser("report", help="print the markdown table of a study folder")
     rep.add_argument("out")

@@ -26,7 +26,7 @@ def learnable_batch():
         x = torch.randn(n, 1, 28, 28, generator=g) * 0.3
         for i in range(n):
             r, c = divmod(int(y[i]), 5)
-            x[i, 0, 4 + 10 * r: 10 + 10 * r, 2 + 5 * c: 6 + 5 * c] += 2.0
+            x[i, 0, 4 + 10 * r : 10 + 10 * r, 2 + 5 * c : 6 + 5 * c] += 2.0
         strong = x + torch.randn(n, 1, 28, 28, generator=g) * 0.3
         return {"image": x, "image_strong": strong, "label": y}
 
@@ -72,8 +72,9 @@ def cli():
     def run(args, timeout=240):
         env = dict(os.environ)
         env["PYTHONPATH"] = str(TRAINING) + os.pathsep + env.get("PYTHONPATH", "")
-        r = subprocess.run([sys.executable, "-m", "edgekd_train", *args], capture_output=True, text=True,
-                           timeout=timeout, env=env)
+        r = subprocess.run(
+            [sys.executable, "-m", "edgekd_train", *args], capture_output=True, text=True, timeout=timeout, env=env
+        )
         return r, [json.loads(ln) for ln in r.stdout.splitlines() if ln.strip()]
 
     return run

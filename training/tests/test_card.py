@@ -123,7 +123,10 @@ def _mutate(fn):
     [
         (lambda c: c.__setitem__("colour", "gray"), ["card", "colour"]),
         (lambda c: c.__setitem__("schema", 2), ["card.schema"]),
-        (lambda c: c["inputs"][0].__setitem__("mean", [0.1, 0.2, 0.3]), ["card.inputs[0].mean", "'gray'", "expected 1"]),
+        (
+            lambda c: c["inputs"][0].__setitem__("mean", [0.1, 0.2, 0.3]),
+            ["card.inputs[0].mean", "'gray'", "expected 1"],
+        ),
         (lambda c: c["inputs"][0].__setitem__("std", [0.1, 0.2]), ["card.inputs[0].std"]),
         (
             lambda c: c["calibration"]["accept"]["per_class"].__setitem__("zebra", 0.5),
@@ -237,7 +240,7 @@ def test_output_name_must_exist(tmp_path):
         ),
         (
             lambda c: c["missing_modality"].__setitem__("mask_input", "mask"),
-            "card.missing_modality.mask_input: \"mask\" is not one of the card's inputs (image)",
+            'card.missing_modality.mask_input: "mask" is not one of the card\'s inputs (image)',
         ),
     ],
     ids=["duplicate-input", "mask-not-an-input"],
@@ -260,6 +263,4 @@ def test_card_module_does_not_import_torch():
     from pathlib import Path
 
     code = "import sys, edgekd_train.card; assert 'torch' not in sys.modules"
-    subprocess.run(
-        [sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1]
-    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

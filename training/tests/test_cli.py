@@ -12,11 +12,28 @@ import pytest
 TRAINING = Path(__file__).resolve().parents[1]
 TINY = TRAINING / "configs" / "tiny-cpu.toml"
 HAVE_DATA = Path("/usr/share/datasets/fashion-mnist").is_dir()
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason="/usr/share/datasets/fashion-mnist absent (dataset-fashion-mnist)")
+needs_data = pytest.mark.skipif(
+    not HAVE_DATA, reason="/usr/share/datasets/fashion-mnist absent (dataset-fashion-mnist)"
+)
 
-SUMMARY_KEYS = {"event", "teacher", "student", "method", "onnx", "onnx_bytes", "temperature", "ece_before",
-                "ece_after", "target", "coverage", "error_among_accepted", "notes", "reference_dir",
-                "images_per_s", "plots"}
+SUMMARY_KEYS = {
+    "event",
+    "teacher",
+    "student",
+    "method",
+    "onnx",
+    "onnx_bytes",
+    "temperature",
+    "ece_before",
+    "ece_after",
+    "target",
+    "coverage",
+    "error_among_accepted",
+    "notes",
+    "reference_dir",
+    "images_per_s",
+    "plots",
+}
 
 
 def _env():
@@ -26,8 +43,9 @@ def _env():
 
 
 def _run(args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "edgekd_train", *args], capture_output=True, text=True,
-                          timeout=timeout, env=_env())
+    return subprocess.run(
+        [sys.executable, "-m", "edgekd_train", *args], capture_output=True, text=True, timeout=timeout, env=_env()
+    )
 
 
 def _events(stdout):
@@ -56,8 +74,15 @@ def test_distill_tiny_end_to_end(tmp_path):
     assert summary["teacher"]["model"] == "wrn16-1" and summary["student"]["params"] > 0
     assert json.loads((out / "summary.json").read_text()) == summary
     assert [json.loads(ln) for ln in (out / "events.jsonl").read_text().splitlines()] == evs
-    for f in ("config.resolved.toml", "checkpoints/teacher.pt", "checkpoints/student.pt", "teacher.pt",
-              "student.onnx", "reliability.png", "risk_coverage.png"):
+    for f in (
+        "config.resolved.toml",
+        "checkpoints/teacher.pt",
+        "checkpoints/student.pt",
+        "teacher.pt",
+        "student.onnx",
+        "reliability.png",
+        "risk_coverage.png",
+    ):
         assert (out / f).is_file(), f
     for k in range(8):
         assert (out / "reference" / f"input_{k}.npy").is_file() and (out / "reference" / f"output_{k}.npy").is_file()
@@ -72,12 +97,15 @@ def test_distill_tiny_end_to_end(tmp_path):
     assert evs2[-1]["student"]["test_accuracy"] == summary["student"]["test_accuracy"]
 
 
-@pytest.mark.parametrize("extra,kind", [
-    (["--set", "student.epochs=abc"], "config"),
-    (["--set", "distill.method=nope"], "config"),
-    (["--set", "distill.views=crld"], "config"),  # kd with CRLD's views: an invalid combination
-    (["--set", "data.path=/nonexistent/fashion"], "data"),
-])
+@pytest.mark.parametrize(
+    "extra,kind",
+    [
+        (["--set", "student.epochs=abc"], "config"),
+        (["--set", "distill.method=nope"], "config"),
+        (["--set", "distill.views=crld"], "config"),  # kd with CRLD's views: an invalid combination
+        (["--set", "data.path=/nonexistent/fashion"], "data"),
+    ],
+)
 def test_bad_config_exits_2_without_traceback(tmp_path, extra, kind):
     r = _run(["distill", "--config", str(TINY), "--out", str(tmp_path / "o"), *extra])
     assert r.returncode == 2, r.stderr
@@ -95,6 +123,7 @@ def test_missing_config_file(tmp_path):
 def _gloo_available():
     try:
         import torch.distributed as dist
+
         return dist.is_available() and dist.is_gloo_available()
     except Exception:
         return False
@@ -107,9 +136,25 @@ def test_ddp_two_cpu_processes(tmp_path):
     if torchrun is None:
         pytest.skip("torchrun not found")
     out = tmp_path / "ddp"
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "edgekd_train", "distill",
-                        "--config", str(TINY), "--out", str(out)],
-                       capture_output=True, text=True, timeout=240, env=_env())
+    r = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "edgekd_train",
+            "distill",
+            "--config",
+            str(TINY),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=_env(),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     evs = _events(r.stdout)
     assert evs[0]["event"] == "start" and evs[0]["world_size"] == 2

@@ -1,11 +1,11 @@
 """Config errors name the file, the section and the key."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from edgekd_train.config import ConfigError, load_config, to_toml, from_dict
-import tomllib
+from edgekd_train.config import ConfigError, from_dict, load_config, to_toml
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -24,17 +24,20 @@ def test_shipped_configs_load(name):
     assert again.to_dict() == cfg.to_dict()
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("[student]\nepoch = 3\n", "[student].epoch: unknown key"),
-    ("[student]\nepochs = \"3\"\n", "[student].epochs: '3' has the wrong type (expected an integer)"),
-    ("[distill]\nmethod = \"dkdx\"\n", "[distill].method: unknown method 'dkdx'"),
-    ("[student]\nmodel = \"resnet9000\"\n", "[student].model: unknown model 'resnet9000'"),
-    ("[teacher]\nmodel = \"nope\"\n", "[teacher].model: unknown model 'nope'"),
-    ("[run]\ndevice = \"tpu\"\n", "[run].device: 'tpu' is not allowed"),
-    ("[distill]\nalpha = 1.5\n", "[distill].alpha: 1.5 is out of range"),
-    ("[run]\namp = 1\n", "[run].amp: 1 has the wrong type"),
-    ("[bogus]\nx = 1\n", "[bogus]: unknown section"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("[student]\nepoch = 3\n", "[student].epoch: unknown key"),
+        ('[student]\nepochs = "3"\n', "[student].epochs: '3' has the wrong type (expected an integer)"),
+        ('[distill]\nmethod = "dkdx"\n', "[distill].method: unknown method 'dkdx'"),
+        ('[student]\nmodel = "resnet9000"\n', "[student].model: unknown model 'resnet9000'"),
+        ('[teacher]\nmodel = "nope"\n', "[teacher].model: unknown model 'nope'"),
+        ('[run]\ndevice = "tpu"\n', "[run].device: 'tpu' is not allowed"),
+        ("[distill]\nalpha = 1.5\n", "[distill].alpha: 1.5 is out of range"),
+        ("[run]\namp = 1\n", "[run].amp: 1 has the wrong type"),
+        ("[bogus]\nx = 1\n", "[bogus]: unknown section"),
+    ],
+)
 def test_config_errors_name_file_section_key(tmp_path, text, needle):
     p = _write(tmp_path, text)
     with pytest.raises(ConfigError) as e:
@@ -46,7 +49,7 @@ def test_config_errors_name_file_section_key(tmp_path, text, needle):
 
 def test_overrides_and_warning(tmp_path):
     warnings = []
-    p = _write(tmp_path, "[distill]\nmethod = \"scratch\"\nT = 2.0\n")
+    p = _write(tmp_path, '[distill]\nmethod = "scratch"\nT = 2.0\n')
     cfg = load_config(p, ["student.epochs=3", "data.limit_train=7000", "run.device=cpu"], warn=warnings.append)
     assert cfg.student.epochs == 3 and cfg.data.limit_train == 7000 and cfg.run.device == "cpu"
     assert any("distill.T" in w for w in warnings)
@@ -54,26 +57,42 @@ def test_overrides_and_warning(tmp_path):
         load_config(p, ["student.epochs=abc"])
 
 
-@pytest.mark.parametrize("text,needle", [
-    # CRLD's views belong to crld and dtokd; crld is nothing without them.
-    ('[distill]\nmethod = "kd"\nviews = "crld"\n', "[distill].views: 'crld' is not valid with method 'kd'"),
-    ('[distill]\nmethod = "scratch"\nviews = "crld"\n', "[distill].views: 'crld' is not valid with method 'scratch'"),
-    ('[distill]\nmethod = "crld"\nviews = "single"\n', "[distill].views: 'single' is not valid with method 'crld'"),
-    ('[distill]\nviews = "both"\n', "[distill].views: 'both' is not allowed"),
-    # DTO-KD needs a distillation objective; the exact form is two objectives, eager, one process.
-    ('[distill]\nmethod = "dtokd"\n[dtokd]\nkl_loss = false\nfeature_loss = false\n',
-     "[dtokd].kl_loss: false together with feature_loss = false"),
-    ('[distill]\nmethod = "dtokd"\n[dtokd]\nbalancer = "exact"\n', "[dtokd].balancer: 'exact' solves the two-objective case"),
-    ('[distill]\nmethod = "dtokd"\n[dtokd]\nbalancer = "exact"\nfeature_loss = false\n[run]\ncompile = "default"\n',
-     "[dtokd].balancer: 'exact' takes two backward passes"),
-    ('[distill]\nmethod = "dtokd"\nviews = "crld"\n[dtokd]\nkl_loss = false\n',
-     "[dtokd].kl_loss: false with [distill].views = 'crld'"),
-    ('[distill]\nmethod = "dtokd"\n[dtokd]\nbalancer = "mgda"\n', "[dtokd].balancer: 'mgda' is not allowed"),
-    ('[crld]\ntau_w = 1.5\n', "[crld].tau_w: 1.5 is out of range"),
-    ('[crld]\nthreshold = 0.5\n', "[crld].threshold: unknown key"),
-    ('[run]\ncompile = "max-autotune"\n', "[run].compile: 'max-autotune' is not allowed"),
-    ('[student]\nlr_scaling = "cubic"\n', "[student].lr_scaling: 'cubic' is not allowed"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        # CRLD's views belong to crld and dtokd; crld is nothing without them.
+        ('[distill]\nmethod = "kd"\nviews = "crld"\n', "[distill].views: 'crld' is not valid with method 'kd'"),
+        (
+            '[distill]\nmethod = "scratch"\nviews = "crld"\n',
+            "[distill].views: 'crld' is not valid with method 'scratch'",
+        ),
+        ('[distill]\nmethod = "crld"\nviews = "single"\n', "[distill].views: 'single' is not valid with method 'crld'"),
+        ('[distill]\nviews = "both"\n', "[distill].views: 'both' is not allowed"),
+        # DTO-KD needs a distillation objective; the exact form is two objectives, eager, one process.
+        (
+            '[distill]\nmethod = "dtokd"\n[dtokd]\nkl_loss = false\nfeature_loss = false\n',
+            "[dtokd].kl_loss: false together with feature_loss = false",
+        ),
+        (
+            '[distill]\nmethod = "dtokd"\n[dtokd]\nbalancer = "exact"\n',
+            "[dtokd].balancer: 'exact' solves the two-objective case",
+        ),
+        (
+            '[distill]\nmethod = "dtokd"\n[dtokd]\nbalancer = "exact"\nfeature_loss = false\n'
+            '[run]\ncompile = "default"\n',
+            "[dtokd].balancer: 'exact' takes two backward passes",
+        ),
+        (
+            '[distill]\nmethod = "dtokd"\nviews = "crld"\n[dtokd]\nkl_loss = false\n',
+            "[dtokd].kl_loss: false with [distill].views = 'crld'",
+        ),
+        ('[distill]\nmethod = "dtokd"\n[dtokd]\nbalancer = "mgda"\n', "[dtokd].balancer: 'mgda' is not allowed"),
+        ("[crld]\ntau_w = 1.5\n", "[crld].tau_w: 1.5 is out of range"),
+        ("[crld]\nthreshold = 0.5\n", "[crld].threshold: unknown key"),
+        ('[run]\ncompile = "max-autotune"\n', "[run].compile: 'max-autotune' is not allowed"),
+        ('[student]\nlr_scaling = "cubic"\n', "[student].lr_scaling: 'cubic' is not allowed"),
+    ],
+)
 def test_invalid_combinations_are_rejected_by_file_section_key(tmp_path, text, needle):
     p = _write(tmp_path, text)
     with pytest.raises(ConfigError) as e:
@@ -102,6 +121,7 @@ def test_valid_combinations_and_the_views_they_resolve_to(tmp_path):
         assert load_config(_write(tmp_path, text)).views == views, text
     from edgekd_train.config import VIEWS
     from edgekd_train.data.views import VIEW_KINDS
+
     assert VIEWS == VIEW_KINDS
 
 
@@ -127,6 +147,10 @@ def test_every_key_is_documented_in_methods_md():
     if not doc.is_file():
         pytest.skip("docs/METHODS.md is not part of this checkout")
     text = doc.read_text(encoding="utf-8")
-    missing = [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)
-               if f"| `{f.name}` |" not in text and f"| `{name}.{f.name}` |" not in text]
+    missing = [
+        f"{name}.{f.name}"
+        for name, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if f"| `{f.name}` |" not in text and f"| `{name}.{f.name}` |" not in text
+    ]
     assert not missing, f"docs/METHODS.md does not document {missing}"

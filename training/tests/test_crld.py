@@ -5,9 +5,9 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import HAVE_FASHION, TRAINING
 from onnx import numpy_helper
 
-from conftest import HAVE_FASHION, TRAINING
 from edgekd_train.data.tensors import Normalizer, augment
 from edgekd_train.data.views import STRONG_OPS, ViewMaker, rand_augment_op
 from edgekd_train.distillers import CRLDDistiller, StepFunctions
@@ -67,7 +67,9 @@ def test_strong_ops_match_pil():
     x = torch.from_numpy(imgs[:, None].astype(np.float32))
 
     def pil(fn):
-        return torch.from_numpy(np.stack([np.asarray(fn(Image.fromarray(a))) for a in imgs])[:, None].astype(np.float32))
+        return torch.from_numpy(
+            np.stack([np.asarray(fn(Image.fromarray(a))) for a in imgs])[:, None].astype(np.float32)
+        )
 
     def ours(name, mag):
         return rand_augment_op(x, torch.full((8,), STRONG_OPS.index(name)), torch.full((8,), mag))
@@ -75,24 +77,30 @@ def test_strong_ops_match_pil():
     exact = {
         ("autocontrast", 0.3): ImageOps.autocontrast,
         ("equalize", 0.3): ImageOps.equalize,
-        ("posterize", 0.25): lambda im: ImageOps.posterize(im, 5),   # bits = int(4 + 4 * 0.25)
-        ("solarize", 0.5): lambda im: ImageOps.solarize(im, 128),    # threshold = 256 * 0.5
-        ("rotate", 0.8): lambda im: im.rotate(18),                   # (2 * 0.8 - 1) * 30 degrees
+        ("posterize", 0.25): lambda im: ImageOps.posterize(im, 5),  # bits = int(4 + 4 * 0.25)
+        ("solarize", 0.5): lambda im: ImageOps.solarize(im, 128),  # threshold = 256 * 0.5
+        ("rotate", 0.8): lambda im: im.rotate(18),  # (2 * 0.8 - 1) * 30 degrees
         ("translate_x", 0.8): lambda im: im.transform(im.size, Image.AFFINE, (1, 0, 0.18 * 28, 0, 1, 0)),
         ("identity", 0.7): lambda im: im,
     }
     for (name, mag), fn in exact.items():
         assert torch.equal(ours(name, mag), pil(fn)), name
     factor = 0.05 + 0.9 * 0.4
-    for name, fn in {"brightness": ImageEnhance.Brightness, "contrast": ImageEnhance.Contrast,
-                     "sharpness": ImageEnhance.Sharpness}.items():
-        assert float((ours(name, 0.4) - pil(lambda im: fn(im).enhance(factor))).abs().max()) <= 1.0, name
+    for name, fn in {
+        "brightness": ImageEnhance.Brightness,
+        "contrast": ImageEnhance.Contrast,
+        "sharpness": ImageEnhance.Sharpness,
+    }.items():
+        assert (
+            float((ours(name, 0.4) - pil(lambda im, enhancer=fn: enhancer(im).enhance(factor))).abs().max()) <= 1.0
+        ), name
 
 
 def test_every_sample_gets_its_own_op():
     x = torch.full((2, 1, 28, 28), 100.0)
-    out = rand_augment_op(x, torch.tensor([STRONG_OPS.index("identity"), STRONG_OPS.index("solarize")]),
-                          torch.tensor([0.5, 0.0]))  # solarize threshold 0: everything inverts
+    out = rand_augment_op(
+        x, torch.tensor([STRONG_OPS.index("identity"), STRONG_OPS.index("solarize")]), torch.tensor([0.5, 0.0])
+    )  # solarize threshold 0: everything inverts
     assert torch.equal(out[0], x[0]) and torch.equal(out[1], 255.0 - x[1])
 
 
@@ -112,8 +120,8 @@ def test_masks_follow_teacher_confidence():
 
 
 def test_masked_samples_contribute_nothing_and_the_mean_runs_over_the_batch():
-    t_weak = _logits_with_top_probability([0.95, 0.50])     # only sample 0 passes tau_w = 0.9
-    t_strong = _logits_with_top_probability([0.10, 0.60])   # only sample 1 passes tau_s = 0.2
+    t_weak = _logits_with_top_probability([0.95, 0.50])  # only sample 0 passes tau_w = 0.9
+    t_strong = _logits_with_top_probability([0.10, 0.60])  # only sample 1 passes tau_s = 0.2
     s_weak, s_strong = torch.randn(2, 10), torch.randn(2, 10)
     within, cross = consistency_losses(t_weak, t_strong, s_weak, s_strong, T=4.0, tau_w=0.9, tau_s=0.2)
     kl = lambda a, b: kl_per_sample(a, b, 4.0)  # noqa: E731
@@ -181,8 +189,21 @@ def test_crld_export_holds_the_student_only(tmp_path, learnable_batch, confident
 @pytest.mark.skipif(not HAVE_FASHION, reason="/usr/share/datasets/fashion-mnist absent (dataset-fashion-mnist)")
 def test_crld_tiny_run_end_to_end(tmp_path, cli, teacher_weights):
     out = tmp_path / "run"
-    r, evs = cli(["distill", "--config", str(TRAINING / "configs" / "tiny-cpu.toml"), "--out", str(out), "--set", 'distill.method="crld"',
-                  "--set", f'teacher.weights="{teacher_weights}"', "--set", "crld.log_every=4"])
+    r, evs = cli(
+        [
+            "distill",
+            "--config",
+            str(TRAINING / "configs" / "tiny-cpu.toml"),
+            "--out",
+            str(out),
+            "--set",
+            'distill.method="crld"',
+            "--set",
+            f'teacher.weights="{teacher_weights}"',
+            "--set",
+            "crld.log_every=4",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     (phase,) = [e for e in evs if e["event"] == "phase" and e["phase"] == "student"]
     assert phase["views"] == "crld"

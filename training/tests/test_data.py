@@ -50,7 +50,9 @@ def test_missing_data_is_a_data_error(tmp_path):
         load_splits(DataConfig(path=str(tmp_path)))
 
 
-@pytest.mark.skipif(not Path(DEFAULT_ROOT).is_dir(), reason=f"{DEFAULT_ROOT} absent (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not Path(DEFAULT_ROOT).is_dir(), reason=f"{DEFAULT_ROOT} absent (apt-get install dataset-fashion-mnist)"
+)
 def test_real_fashion_mnist():
     x, y = load_split("test", DEFAULT_ROOT)
     assert x.shape == (10000, 28, 28) and y.shape == (10000,)

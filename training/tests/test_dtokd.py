@@ -6,9 +6,9 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import HAVE_FASHION, TRAINING
 from onnx import numpy_helper
 
-from conftest import HAVE_FASHION, TRAINING
 from edgekd_train.distillers import DTOKDDistiller, StepFunctions
 from edgekd_train.distillers.base import running_stats_frozen
 from edgekd_train.distillers.dtokd import ObjectiveWeights, exact_pair_weights
@@ -88,8 +88,11 @@ def test_famo_update_is_adam_on_the_softmax_jacobian():
 # ---- the distiller
 
 
-@pytest.mark.parametrize("kw", [{}, {"views": "crld"}, {"balancer": "exact", "feature_loss": False}],
-                         ids=["famo", "famo-crld-views", "exact"])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"views": "crld"}, {"balancer": "exact", "feature_loss": False}],
+    ids=["famo", "famo-crld-views", "exact"],
+)
 def test_dtokd_losses_are_finite_and_every_objective_falls(kw, learnable_batch, confident_teacher):
     d = _dtokd(confident_teacher(), **kw)
     b = learnable_batch()
@@ -121,8 +124,12 @@ def test_exact_step_descends_both_log_losses_equally(learnable_batch, confident_
     g_star = torch.cat([p.grad.reshape(-1) for p in params])
     with running_stats_frozen(d.student):  # same batch statistics as the step's forward
         losses = d.losses(b)
-    g = [torch.cat([x.reshape(-1) for x in torch.autograd.grad(losses[k] / losses[k].detach(), params,
-                                                               retain_graph=True)]) for k in d.objectives]
+    g = [
+        torch.cat(
+            [x.reshape(-1) for x in torch.autograd.grad(losses[k] / losses[k].detach(), params, retain_graph=True)]
+        )
+        for k in d.objectives
+    ]
     assert float(g_star @ g[0]) == pytest.approx(float(g_star @ g[1]), rel=1e-3)
     assert float(g_star @ g[0]) > 0
 
@@ -156,8 +163,17 @@ def test_diagnostics_measure_without_touching_training_state(learnable_batch, co
     d.train()
     bn_before = {k: v.clone() for k, v in d.student.state_dict().items() if "running" in k}
     out = d.diagnose(learnable_batch())
-    assert set(out) == {"pi_task", "pi_kl", "pi_feat", "inner_kl", "cosine_kl", "norm_ratio_kl",
-                        "inner_feat", "cosine_feat", "norm_ratio_feat"}
+    assert set(out) == {
+        "pi_task",
+        "pi_kl",
+        "pi_feat",
+        "inner_kl",
+        "cosine_kl",
+        "norm_ratio_kl",
+        "inner_feat",
+        "cosine_feat",
+        "norm_ratio_feat",
+    }
     assert all(torch.isfinite(v) for v in out.values())
     assert all(-1.0 <= float(out[f"cosine_{k}"]) <= 1.0 and float(out[f"norm_ratio_{k}"]) > 0 for k in ("kl", "feat"))
     assert all(p.grad is None for p in d.parameters_to_train())
@@ -181,15 +197,30 @@ def test_export_leaves_the_projector_and_weights_out(tmp_path, learnable_batch, 
 @pytest.mark.skipif(not HAVE_FASHION, reason="/usr/share/datasets/fashion-mnist absent (dataset-fashion-mnist)")
 def test_dtokd_with_crld_views_tiny_run_end_to_end(tmp_path, cli, teacher_weights):
     out = tmp_path / "run"
-    r, evs = cli(["distill", "--config", str(TRAINING / "configs" / "tiny-cpu.toml"), "--out", str(out),
-                  "--set", 'distill.method="dtokd"', "--set", 'distill.views="crld"', "--set", "dtokd.log_every=4",
-                  "--set", f'teacher.weights="{teacher_weights}"'])
+    r, evs = cli(
+        [
+            "distill",
+            "--config",
+            str(TRAINING / "configs" / "tiny-cpu.toml"),
+            "--out",
+            str(out),
+            "--set",
+            'distill.method="dtokd"',
+            "--set",
+            'distill.views="crld"',
+            "--set",
+            "dtokd.log_every=4",
+            "--set",
+            f'teacher.weights="{teacher_weights}"',
+        ]
+    )
     assert r.returncode == 0, r.stderr
     grads = [e for e in evs if e["event"] == "diagnostics"]
     assert [e["step"] for e in grads] == [1, 5, 9, 13]  # 400 images / batch 32 = 13 steps
     # The gradient balance, and CRLD's gates since the views are CRLD's.
-    assert all({"inner_kl", "cosine_feat", "norm_ratio_kl", "pi_task", "mask_weak", "mask_strong"} <= set(e)
-               for e in grads)
+    assert all(
+        {"inner_kl", "cosine_feat", "norm_ratio_kl", "pi_task", "mask_weak", "mask_strong"} <= set(e) for e in grads
+    )
     summary = evs[-1]
     assert summary["event"] == "summary" and summary["method"] == "dtokd"
     assert summary["crld_masks"]["steps"] == 4

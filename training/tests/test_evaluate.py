@@ -16,8 +16,19 @@ def evaluate(scripts):
 @pytest.mark.skipif(not HAVE_FASHION, reason="/usr/share/datasets/fashion-mnist absent (dataset-fashion-mnist)")
 def test_rows_reproduce_the_run_and_a_bound_accepts_less(evaluate, tmp_path, cli, teacher_weights, capsys):
     out = tmp_path / "run"
-    r, evs = cli(["distill", "--config", str(TRAINING / "configs" / "tiny-cpu.toml"), "--out", str(out),
-                  "--set", f'teacher.weights="{teacher_weights}"', "--set", "calibration.bound_confidence=0"])
+    r, evs = cli(
+        [
+            "distill",
+            "--config",
+            str(TRAINING / "configs" / "tiny-cpu.toml"),
+            "--out",
+            str(out),
+            "--set",
+            f'teacher.weights="{teacher_weights}"',
+            "--set",
+            "calibration.bound_confidence=0",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     summary = evs[-1]
     assert evaluate.main([str(out), "--confidence", "0", "0.9"]) == 0

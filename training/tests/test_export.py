@@ -19,13 +19,28 @@ def test_export_parity_and_student_only(tmp_path):
     d.train()
     d.losses({"image": torch.randn(16, 1, 28, 28), "label": torch.randint(0, 10, (16,))})  # move BN stats
     labels = [f"c{i}" for i in range(10)]
-    cal = {"temperature": 1.2, "ece": {"before": 0.1, "after": 0.05}, "accept": {"default": None,
-           "per_class": {k: None for k in labels}}, "target": {"max_error_among_accepted": 0.01,
-           "coverage_on_calibration_set": None}, "notes": ["x"]}
-    card = build_card(name="t", labels=labels, shape=(1, 1, 28, 28), color="gray", scale=1 / 255, mean=[0.286],
-                      std=[0.353], calibration=cal, method="kd", teachers=["wrn16-1"], dataset="fashion-mnist",
-                      metrics={"test_accuracy": 0.5, "params": 1, "teacher_test_accuracy": float("nan")},
-                      command="pytest")
+    cal = {
+        "temperature": 1.2,
+        "ece": {"before": 0.1, "after": 0.05},
+        "accept": {"default": None, "per_class": {k: None for k in labels}},
+        "target": {"max_error_among_accepted": 0.01, "coverage_on_calibration_set": None},
+        "notes": ["x"],
+    }
+    card = build_card(
+        name="t",
+        labels=labels,
+        shape=(1, 1, 28, 28),
+        color="gray",
+        scale=1 / 255,
+        mean=[0.286],
+        std=[0.353],
+        calibration=cal,
+        method="kd",
+        teachers=["wrn16-1"],
+        dataset="fashion-mnist",
+        metrics={"test_accuracy": 0.5, "params": 1, "teacher_test_accuracy": float("nan")},
+        command="pytest",
+    )
     imgs = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
     res = export_student(d.student, card, imgs, tmp_path)
     assert res["max_abs_diff"] is not None and res["max_abs_diff"] <= 1e-4

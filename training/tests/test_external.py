@@ -12,7 +12,7 @@ import timm
 import torch
 
 from edgekd_train.config import ConfigError, load_config
-from edgekd_train.models import create_model, features_and_logits, feature_dim
+from edgekd_train.models import create_model, feature_dim, features_and_logits
 from edgekd_train.models.external import ExternalModelError
 
 TRAINING = Path(__file__).resolve().parents[1]
@@ -84,13 +84,18 @@ def test_a_file_that_is_not_weights_is_named(tmp_path):
         create_model("timm:no_such_net", 10, 1, str(bad))
 
 
-@pytest.mark.parametrize("teacher,needle", [
-    ('model = "timm:test_resnet"\nfinetune = true\n', "[teacher].weights: required for a timm teacher"),
-    ('model = "wrn16-1"\nfinetune = true\n', "[teacher].finetune: true with no [teacher].weights"),
-    ('model = "torchscript:{w}"\nweights = "{w}"\nfinetune = true\n', "[teacher].finetune: a TorchScript teacher"),
-    ('model = "timm:test_resnet"\nweights = "{w}"\nfinetune = true\nepochs = 0\n',
-     "[teacher].finetune: true with [teacher].epochs = 0 (expected >= 1)"),
-])
+@pytest.mark.parametrize(
+    "teacher,needle",
+    [
+        ('model = "timm:test_resnet"\nfinetune = true\n', "[teacher].weights: required for a timm teacher"),
+        ('model = "wrn16-1"\nfinetune = true\n', "[teacher].finetune: true with no [teacher].weights"),
+        ('model = "torchscript:{w}"\nweights = "{w}"\nfinetune = true\n', "[teacher].finetune: a TorchScript teacher"),
+        (
+            'model = "timm:test_resnet"\nweights = "{w}"\nfinetune = true\nepochs = 0\n',
+            "[teacher].finetune: true with [teacher].epochs = 0 (expected >= 1)",
+        ),
+    ],
+)
 def test_finetune_config_errors_name_the_key(tmp_path, teacher, needle):
     w = tmp_path / "w.pth"
     w.write_bytes(b"x")
@@ -108,10 +113,30 @@ def test_distill_from_a_finetuned_timm_teacher(tmp_path, imagenet_file):
     _, path = imagenet_file
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(TRAINING) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "edgekd_train", "distill", "--config", str(TINY), "--out", str(out),
-                        "--set", 'teacher.model="timm:test_resnet"', "--set", f'teacher.weights="{path}"',
-                        "--set", "teacher.finetune=true", "--set", 'distill.method="dtokd"'],
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgekd_train",
+            "distill",
+            "--config",
+            str(TINY),
+            "--out",
+            str(out),
+            "--set",
+            'teacher.model="timm:test_resnet"',
+            "--set",
+            f'teacher.weights="{path}"',
+            "--set",
+            "teacher.finetune=true",
+            "--set",
+            'distill.method="dtokd"',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     evs = [json.loads(ln) for ln in r.stdout.splitlines() if ln.strip()]
     teacher_phase = next(e for e in evs if e["event"] == "phase" and e["phase"] == "teacher")

@@ -34,9 +34,24 @@ def _fit(tmp_path: Path, distiller, compile="off", backend="inductor"):
     events = []
     # No flip/shift: the views draw no random numbers, so runs that diverge in how they got
     # there must end bit for bit equal.
-    ctx = Context(device=torch.device("cpu"), rank=0, world=1, emit=events.append, out=tmp_path, seed=0, amp=False,
-                  channels_last=False, checkpoint_every=1, log_steps=5, augment_flip=False, augment_shift=0,
-                  log=lambda _m: None, compile=compile, compile_backend=backend, timing_warmup_steps=10)
+    ctx = Context(
+        device=torch.device("cpu"),
+        rank=0,
+        world=1,
+        emit=events.append,
+        out=tmp_path,
+        seed=0,
+        amp=False,
+        channels_last=False,
+        checkpoint_every=1,
+        log_steps=5,
+        augment_flip=False,
+        augment_shift=0,
+        log=lambda _m: None,
+        compile=compile,
+        compile_backend=backend,
+        timing_warmup_steps=10,
+    )
     res = fit("student", distiller, SEC, _data(64, 0), _data(20, 1), NORM, ctx, tmp_path / "student.pt", False)
     return res, events
 
@@ -66,8 +81,10 @@ def test_compiled_dtokd_step_equals_the_eager_one_and_a_failed_compile_leaves_no
     failing = _dtokd()
 
     def backend(gm, example_inputs):
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats
-               for m in failing.student.modules()):
+        if any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats
+            for m in failing.student.modules()
+        ):
             raise RuntimeError("this backend cannot compile the re-forward")
         return gm.forward
 
@@ -88,8 +105,9 @@ def test_compile_guards_report_why(monkeypatch):
     assert comp.mode == "off" and why == "compile unavailable, running eagerly: no C++ compiler for CPU inductor"
 
 
-@pytest.mark.parametrize("rule,world,want", [("none", 1, 4e-3), ("linear", 1, 16e-3), ("sqrt", 1, 8e-3),
-                                             ("sqrt", 4, 16e-3)])
+@pytest.mark.parametrize(
+    "rule,world,want", [("none", 1, 4e-3), ("linear", 1, 16e-3), ("sqrt", 1, 8e-3), ("sqrt", 4, 16e-3)]
+)
 def test_learning_rate_follows_the_global_batch(rule, world, want):
     sec = StudentConfig(lr=4e-3, batch_size=1024, lr_scaling=rule, lr_base_batch=256)
     assert effective_lr(sec, world) == pytest.approx(want)
@@ -99,8 +117,10 @@ def test_exact_balancer_refuses_ddp_before_training(tmp_path, monkeypatch):
     from edgekd_train import pipeline
 
     p = tmp_path / "c.toml"
-    p.write_text('[distill]\nmethod = "dtokd"\n[dtokd]\nbalancer = "exact"\nfeature_loss = false\n'
-                 '[run]\ndevice = "cpu"\n[teacher]\nmodel = "wrn16-1"\n')
+    p.write_text(
+        '[distill]\nmethod = "dtokd"\n[dtokd]\nbalancer = "exact"\nfeature_loss = false\n'
+        '[run]\ndevice = "cpu"\n[teacher]\nmodel = "wrn16-1"\n'
+    )
     cfg = load_config(p)
     monkeypatch.setattr(pipeline, "init_distributed", lambda device: (0, 2, device))
     with pytest.raises(ConfigError, match=r"\[dtokd\]\.balancer: 'exact' runs in one process only"):

@@ -8,7 +8,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from test_study import fake_edge_kd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,12 +17,23 @@ needs_tools = pytest.mark.skipif(not (shutil.which("bash") and shutil.which("tar
 
 def gpu_check(tmp_path, binary, budget):
     out = tmp_path / "out"
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "GPU_CHECK_DEVICE": "cpu",
-           "EDGE_KD_BIN": str(binary), "EDGE_KD_DATA": str(tmp_path), "EDGE_KD_PYTHON": sys.executable,
-           "HOME": str(tmp_path)}
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "GPU_CHECK_DEVICE": "cpu",
+        "EDGE_KD_BIN": str(binary),
+        "EDGE_KD_DATA": str(tmp_path),
+        "EDGE_KD_PYTHON": sys.executable,
+        "HOME": str(tmp_path),
+    }
     script = tmp_path / "repo" / "training" / "scripts" / "gpu_check.sh"
-    r = subprocess.run(["bash", str(script), "run", str(out), str(budget)], cwd=tmp_path / "repo", env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["bash", str(script), "run", str(out), str(budget)],
+        cwd=tmp_path / "repo",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return r, out
 
 

@@ -27,14 +27,24 @@ def checkout(tmp_path):
 @pytest.mark.skipif(not HAVE_FASHION, reason="/usr/share/datasets/fashion-mnist absent (dataset-fashion-mnist)")
 def test_a_fashion_run_is_installed_and_a_tampered_one_is_refused(installer, checkout, tmp_path, cli, teacher_weights):
     run = tmp_path / "run"
-    r, _ = cli(["distill", "--config", str(TRAINING / "configs" / "tiny-cpu.toml"), "--out", str(run),
-                "--set", f'teacher.weights="{teacher_weights}"'])
+    r, _ = cli(
+        [
+            "distill",
+            "--config",
+            str(TRAINING / "configs" / "tiny-cpu.toml"),
+            "--out",
+            str(run),
+            "--set",
+            f'teacher.weights="{teacher_weights}"',
+        ]
+    )
     assert r.returncode == 0, r.stderr
     rows = installer.install(run, checkout)
     default = checkout / "models" / "default"
     assert (default / "student.onnx").read_bytes() == (run / "student.onnx").read_bytes()
     assert sorted(p.name for p in (default / "reference").iterdir()) == [
-        f"{kind}_{k}.npy" for kind in ("input", "output") for k in range(4)]
+        f"{kind}_{k}.npy" for kind in ("input", "output") for k in range(4)
+    ]
     assert (default / "distill-summary.json").is_file() and (default / "distill-config.toml").is_file()
     assert (checkout / "docs" / "img" / "default-reliability.png").is_file()
     tsv = (checkout / "models" / "samples.tsv").read_text().splitlines()

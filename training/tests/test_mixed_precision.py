@@ -3,8 +3,8 @@
 On CUDA the pipeline trains under bf16 autocast with channels_last models and batches. CI has no
 GPU, so these tests build the same Context on the CPU (CPU autocast, the same code path): every
 method's step must run, keep fp32 weights, move them the way the fp32 step does, log finite
-losses and leave a student whose ONNX export matches PyTorch. What they cannot show is CUDA's own autocast op lists or speed:
-that is the owed GPU check (training/scripts/gpu_check.sh)."""
+losses and leave a student whose ONNX export matches PyTorch. What they cannot show is CUDA's
+own autocast op lists or speed: that is the owed GPU check (training/scripts/gpu_check.sh)."""
 
 import math
 from pathlib import Path
@@ -44,9 +44,21 @@ def _data(n, seed):
 
 
 def _ctx(tmp_path: Path, events: list, amp: bool = True) -> Context:
-    return Context(device=torch.device("cpu"), rank=0, world=1, emit=events.append, out=tmp_path, seed=0,
-                   amp=amp, channels_last=amp, checkpoint_every=1, log_steps=4, augment_flip=True,
-                   augment_shift=1, log=lambda _m: None)
+    return Context(
+        device=torch.device("cpu"),
+        rank=0,
+        world=1,
+        emit=events.append,
+        out=tmp_path,
+        seed=0,
+        amp=amp,
+        channels_last=amp,
+        checkpoint_every=1,
+        log_steps=4,
+        augment_flip=True,
+        augment_shift=1,
+        log=lambda _m: None,
+    )
 
 
 def _train(tmp_path: Path, name: str, amp: bool):
@@ -59,8 +71,13 @@ def _train(tmp_path: Path, name: str, amp: bool):
     events: list[dict] = []
     ctx = _ctx(tmp_path, events, amp)
     res = fit("student", distiller, SEC, _data(96, 0), _data(20, 1), NORM, ctx, tmp_path / "student.pt", False)
-    update = torch.cat([(v - start[k]).flatten() for k, v in student.state_dict().items()
-                        if v.is_floating_point() and k.endswith("weight")])
+    update = torch.cat(
+        [
+            (v - start[k]).flatten()
+            for k, v in student.state_dict().items()
+            if v.is_floating_point() and k.endswith("weight")
+        ]
+    )
     return distiller, ctx, res, events, update
 
 

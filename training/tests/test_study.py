@@ -15,8 +15,13 @@ def study(scripts):
 
 def write_summary(run_dir: Path, acc: float, ece: float = 0.01, coverage=0.7, teacher=0.93):
     run_dir.mkdir(parents=True)
-    s = {"student": {"test_accuracy": acc}, "ece_after": ece, "coverage": coverage, "images_per_s": 1000.0,
-         "teacher": {"model": "wrn16-1", "test_accuracy": teacher} if teacher else None}
+    s = {
+        "student": {"test_accuracy": acc},
+        "ece_after": ece,
+        "coverage": coverage,
+        "images_per_s": 1000.0,
+        "teacher": {"model": "wrn16-1", "test_accuracy": teacher} if teacher else None,
+    }
     (run_dir / "summary.json").write_text(json.dumps(s))
 
 
@@ -76,9 +81,28 @@ def sets_of(run_dir: Path) -> list[str]:
 
 
 def run_args(tmp_path, binary, methods=("scratch", "kd", "crld")):
-    return ["run", "--out", str(tmp_path / "study"), "--students", "cnn-18k", "--methods", *methods,
-            "--epochs", "2", "--seeds", "0", "1", "--teacher", "wrn16-1", "--teacher-epochs", "3",
-            "--jobs", "2", "--edge-kd", str(binary)]
+    return [
+        "run",
+        "--out",
+        str(tmp_path / "study"),
+        "--students",
+        "cnn-18k",
+        "--methods",
+        *methods,
+        "--epochs",
+        "2",
+        "--seeds",
+        "0",
+        "1",
+        "--teacher",
+        "wrn16-1",
+        "--teacher-epochs",
+        "3",
+        "--jobs",
+        "2",
+        "--edge-kd",
+        str(binary),
+    ]
 
 
 def test_run_trains_one_teacher_and_hands_it_to_every_other_distillation(study, tmp_path):

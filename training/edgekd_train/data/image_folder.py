@@ -18,8 +18,9 @@ class ImageFolderError(ValueError):
     """A missing or malformed image folder; the message names the path."""
 
 
-def load_image_folder(root: str | Path, size: int, color: str = "gray",
-                      classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_image_folder(
+    root: str | Path, size: int, color: str = "gray", classes: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from PIL import Image, UnidentifiedImageError
 
     root = Path(root)

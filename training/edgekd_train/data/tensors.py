@@ -10,8 +10,8 @@ the exported student sees at inference what it saw in training.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -26,7 +26,7 @@ class TensorData:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def to(self, device) -> "TensorData":
+    def to(self, device) -> TensorData:
         return TensorData(self.images.to(device), self.labels.to(device))
 
 
@@ -59,8 +59,8 @@ def augment(u8: torch.Tensor, gen: torch.Generator, flip: bool, shift: int) -> t
         padded = torch.nn.functional.pad(u8, (shift, shift, shift, shift))
         dy = torch.randint(0, 2 * shift + 1, (b,), device=dev, generator=gen)
         dx = torch.randint(0, 2 * shift + 1, (b,), device=dev, generator=gen)
-        rows = (torch.arange(h, device=dev)[None, :] + dy[:, None])  # (b,h)
-        cols = (torch.arange(w, device=dev)[None, :] + dx[:, None])  # (b,w)
+        rows = torch.arange(h, device=dev)[None, :] + dy[:, None]  # (b,h)
+        cols = torch.arange(w, device=dev)[None, :] + dx[:, None]  # (b,w)
         bi = torch.arange(b, device=dev)[:, None, None]
         # Advanced indexing puts the indexed dims first: (b,h,w,c) -> (b,c,h,w).
         u8 = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

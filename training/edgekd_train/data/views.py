@@ -20,7 +20,7 @@ PIL pipeline of the reference code; normalisation is the card's formula, bit for
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,22 @@ from .tensors import Normalizer, augment
 VIEW_KINDS = ("single", "crld")
 
 # Order fixes the op index a uniform draw maps to; the geometric ops come last (one grid_sample).
-STRONG_OPS = ("identity", "autocontrast", "equalize", "brightness", "color", "contrast", "sharpness",
-              "posterize", "solarize", "rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+STRONG_OPS = (
+    "identity",
+    "autocontrast",
+    "equalize",
+    "brightness",
+    "color",
+    "contrast",
+    "sharpness",
+    "posterize",
+    "solarize",
+    "rotate",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+)
 _FIRST_GEOMETRIC = STRONG_OPS.index("rotate")
 
 
@@ -102,8 +116,9 @@ def _affine(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor) -> torch.Tenso
     tx = torch.where(op == _op("translate_x"), 0.3 * s * w, zero)
     ty = torch.where(op == _op("translate_y"), 0.3 * s * h, zero)
     # Pixel-space matrix about the centre -> affine_grid's [-1, 1] coordinates (align_corners=False).
-    theta = torch.stack([torch.stack([a, bxy * (h / w), tx * (2.0 / w)], 1),
-                         torch.stack([cyx * (w / h), d, ty * (2.0 / h)], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([a, bxy * (h / w), tx * (2.0 / w)], 1), torch.stack([cyx * (w / h), d, ty * (2.0 / h)], 1)], 1
+    )
     grid = F.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
@@ -160,7 +175,7 @@ def strong_ops(x: torch.Tensor, u: torch.Tensor, fill: torch.Tensor, n_ops: int,
         op = (u[:, 2 * r] * n).floor().clamp(max=n - 1).long()
         x = rand_augment_op(x, op, u[:, 2 * r + 1])
     if cutout_frac > 0:
-        x = cutout(x, u[:, 2 * n_ops:], cutout_frac, fill)
+        x = cutout(x, u[:, 2 * n_ops :], cutout_frac, fill)
     return x
 
 
@@ -169,9 +184,19 @@ class ViewMaker:
     in channels_last when asked. Holds the normalisation constants on the device: building them per
     step would be a blocking host-to-device copy every step."""
 
-    def __init__(self, kind: str, norm: Normalizer, device: torch.device, *, flip: bool, shift: int,
-                 channels_last: bool = False, n_ops: int = 2, cutout_frac: float = 0.5,
-                 compile_fn: Callable[[Callable], Callable] | None = None):
+    def __init__(
+        self,
+        kind: str,
+        norm: Normalizer,
+        device: torch.device,
+        *,
+        flip: bool,
+        shift: int,
+        channels_last: bool = False,
+        n_ops: int = 2,
+        cutout_frac: float = 0.5,
+        compile_fn: Callable[[Callable], Callable] | None = None,
+    ):
         if kind not in VIEW_KINDS:
             raise ValueError(f"unknown views {kind!r} (expected one of {', '.join(VIEW_KINDS)})")
         self.kind = kind

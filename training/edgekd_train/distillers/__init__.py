@@ -22,5 +22,14 @@ def create_distiller(method: str, student, teacher=None, **params) -> Distiller:
     return DISTILLERS[method](student, teacher, **params)
 
 
-__all__ = ["Batch", "Distiller", "DISTILLERS", "StepFunctions", "create_distiller", "CRLDDistiller",
-           "DTOKDDistiller", "KDDistiller", "ScratchDistiller"]
+__all__ = [
+    "Batch",
+    "Distiller",
+    "DISTILLERS",
+    "StepFunctions",
+    "create_distiller",
+    "CRLDDistiller",
+    "DTOKDDistiller",
+    "KDDistiller",
+    "ScratchDistiller",
+]

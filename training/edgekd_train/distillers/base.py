@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 import torch.nn as nn

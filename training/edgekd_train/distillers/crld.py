@@ -42,9 +42,12 @@ def mask_rates(t_weak: torch.Tensor, t_strong: torch.Tensor, tau_w: float, tau_s
     """How much of the batch each gate lets through, and the teacher's mean confidence per view:
     with tau_w above what the teacher reaches on weak views, the within-view KL does nothing."""
     m_w, m_s = confidence_masks(t_weak, t_strong, tau_w, tau_s)
-    return {"mask_weak": m_w.mean(), "mask_strong": m_s.mean(),
-            "teacher_conf_weak": F.softmax(t_weak.float(), dim=1).amax(1).mean(),
-            "teacher_conf_strong": F.softmax(t_strong.float(), dim=1).amax(1).mean()}
+    return {
+        "mask_weak": m_w.mean(),
+        "mask_strong": m_s.mean(),
+        "teacher_conf_weak": F.softmax(t_weak.float(), dim=1).amax(1).mean(),
+        "teacher_conf_strong": F.softmax(t_strong.float(), dim=1).amax(1).mean(),
+    }
 
 
 def consistency_losses(t_weak, t_strong, s_weak, s_strong, T: float, tau_w: float, tau_s: float):
@@ -66,8 +69,19 @@ class CRLDDistiller(Distiller):
     needs = frozenset({"logits"})
     needs_teacher = True
 
-    def __init__(self, student, teacher, T: float = 4.0, tau_w: float = 0.9, tau_s: float = 0.2,
-                 w_ce: float = 1.0, w_wv: float = 2.0, w_cv: float = 0.5, log_every: int = 50, **_ignored):
+    def __init__(
+        self,
+        student,
+        teacher,
+        T: float = 4.0,
+        tau_w: float = 0.9,
+        tau_s: float = 0.2,
+        w_ce: float = 1.0,
+        w_wv: float = 2.0,
+        w_cv: float = 0.5,
+        log_every: int = 50,
+        **_ignored,
+    ):
         if teacher is None:
             raise ValueError("crld needs a teacher")
         super().__init__(student, teacher)
@@ -85,8 +99,9 @@ class CRLDDistiller(Distiller):
         s_weak = self.student(b["image"]).float()
         s_strong = self.student(b["image_strong"]).float()
         ce = F.cross_entropy(s_weak, y) + F.cross_entropy(s_strong, y)
-        within, cross = consistency_losses(b["t_logits"], b["t_logits_strong"], s_weak, s_strong,
-                                           self.T, self.tau_w, self.tau_s)
+        within, cross = consistency_losses(
+            b["t_logits"], b["t_logits_strong"], s_weak, s_strong, self.T, self.tau_w, self.tau_s
+        )
         terms = {"ce": self.w_ce * ce, "within_view": self.w_wv * within, "cross_view": self.w_cv * cross}
         return {**terms, "total": terms["ce"] + terms["within_view"] + terms["cross_view"]}, s_weak
 

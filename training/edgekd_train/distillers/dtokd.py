@@ -105,17 +105,34 @@ def _mean_over_ranks(t: torch.Tensor, world: int) -> torch.Tensor:
 
 
 def _flat(grads, params) -> torch.Tensor:
-    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)]
+    )
 
 
 class DTOKDDistiller(Distiller):
     needs = frozenset({"logits", "features"})
     needs_teacher = True
 
-    def __init__(self, student, teacher, T: float = 4.0, views: str = "single", balancer: str = "famo",
-                 kl_loss: bool = True, feature_loss: bool = True, weight_lr: float = 0.025,
-                 weight_decay: float = 0.01, clip_norm: float = 1.0, log_every: int = 50,
-                 tau_w: float = 0.9, tau_s: float = 0.2, w_wv: float = 2.0, w_cv: float = 0.5, **_ignored):
+    def __init__(
+        self,
+        student,
+        teacher,
+        T: float = 4.0,
+        views: str = "single",
+        balancer: str = "famo",
+        kl_loss: bool = True,
+        feature_loss: bool = True,
+        weight_lr: float = 0.025,
+        weight_decay: float = 0.01,
+        clip_norm: float = 1.0,
+        log_every: int = 50,
+        tau_w: float = 0.9,
+        tau_s: float = 0.2,
+        w_wv: float = 2.0,
+        w_cv: float = 0.5,
+        **_ignored,
+    ):
         if teacher is None:
             raise ValueError("dtokd needs a teacher")
         if balancer not in BALANCERS:
@@ -126,7 +143,9 @@ class DTOKDDistiller(Distiller):
         if len(objectives) < 2:
             raise ValueError("dtokd needs a distillation objective next to the task (kl_loss or feature_loss)")
         if balancer == "exact" and len(objectives) != 2:
-            raise ValueError(f"the exact balancer takes two objectives, not {len(objectives)} ({', '.join(objectives)})")
+            raise ValueError(
+                f"the exact balancer takes two objectives, not {len(objectives)} ({', '.join(objectives)})"
+            )
         if views == "crld" and not kl_loss:
             raise ValueError("views 'crld' feed the kl objective (CRLD's consistency terms): kl_loss must be true")
         super().__init__(student, teacher)
@@ -142,8 +161,9 @@ class DTOKDDistiller(Distiller):
             # matrix_exp, not the default householder map for non-square weights: householder
             # multiplies by int(diagonal of the stored matrix), which weight decay turns from 1 to
             # 0.999... and so to a zero projector after one AdamW step.
-            self.projector = parametrizations.orthogonal(nn.Linear(d_s, self.d_t, bias=False),
-                                                         orthogonal_map="matrix_exp")
+            self.projector = parametrizations.orthogonal(
+                nn.Linear(d_s, self.d_t, bias=False), orthogonal_map="matrix_exp"
+            )
         self.weights = ObjectiveWeights(len(objectives), weight_lr, weight_decay)
 
     def trainable_modules(self) -> list[nn.Module]:
@@ -186,12 +206,14 @@ class DTOKDDistiller(Distiller):
         if self.views == "crld":
             f_s, z_s = self._student(b["image_strong"])
             out = {"task": F.cross_entropy(z_w, y) + F.cross_entropy(z_s, y)}
-            within, cross = consistency_losses(b["t_logits"], b["t_logits_strong"], z_w, z_s,
-                                               self.T, self.tau_w, self.tau_s)
+            within, cross = consistency_losses(
+                b["t_logits"], b["t_logits_strong"], z_w, z_s, self.T, self.tau_w, self.tau_s
+            )
             out["kl"] = self.w_wv * within + self.w_cv * cross
             if self.projector is not None:
-                out["feat"] = 0.5 * (self._feature_loss(f_w, b["t_features"])
-                                     + self._feature_loss(f_s, b["t_features_strong"]))
+                out["feat"] = 0.5 * (
+                    self._feature_loss(f_w, b["t_features"]) + self._feature_loss(f_s, b["t_features_strong"])
+                )
             return out, z_w
         out = {"task": F.cross_entropy(z_w, y)}
         if "kl" in self.objectives:
@@ -247,7 +269,7 @@ class DTOKDDistiller(Distiller):
         v1, v2 = _flat(g1, params), _flat(g2, params)
         pi1, pi2 = exact_pair_weights(v1 @ v1, v1 @ v2, v2 @ v2)
         opt.zero_grad(set_to_none=True)
-        for p, a, c in zip(params, g1, g2):
+        for p, a, c in zip(params, g1, g2, strict=True):
             a = torch.zeros_like(p) if a is None else a
             c = torch.zeros_like(p) if c is None else c
             p.grad = pi1 * a + pi2 * c

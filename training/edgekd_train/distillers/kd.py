@@ -1,7 +1,7 @@
 """Hinton KD, exactly as methods.md section 0:
 
-    L_KD  = T^2 * KL(p^T(z_t) || p^T(z_s)), summed over classes, averaged over the batch
-    total = (1 - alpha) * CE + alpha * L_KD
+L_KD  = T^2 * KL(p^T(z_t) || p^T(z_s)), summed over classes, averaged over the batch
+total = (1 - alpha) * CE + alpha * L_KD
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Besides registered names, two prefixes reach external teachers (see ``external.p
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn as nn
 
@@ -44,8 +44,9 @@ def check_model_name(name: str) -> str | None:
     return f"unknown model {name!r} (expected one of {', '.join(list_models())}, 'torchscript:PATH' or 'timm:NAME')"
 
 
-def create_model(name: str, num_classes: int, in_chans: int, weights: str | None = None,
-                 new_head: bool = False) -> nn.Module:
+def create_model(
+    name: str, num_classes: int, in_chans: int, weights: str | None = None, new_head: bool = False
+) -> nn.Module:
     """Build model ``name``; ``weights`` (a state_dict file) is loaded when given. ``new_head``
     lets a timm model start from a backbone trained on other classes or channels."""
     from . import external

@@ -58,9 +58,7 @@ def create_timm(name: str, num_classes: int, in_chans: int, weights: str | None,
     try:
         import timm  # lazy: timm is optional and heavy
     except ImportError:
-        raise ExternalModelError(
-            f"teacher 'timm:{name}' needs the timm package: pip install timm"
-        ) from None
+        raise ExternalModelError(f"teacher 'timm:{name}' needs the timm package: pip install timm") from None
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     except Exception as e:  # timm raises RuntimeError for unknown names
@@ -76,11 +74,14 @@ def create_timm(name: str, num_classes: int, in_chans: int, weights: str | None,
         raise ExternalModelError(
             f"{weights}: the classifier {head_misfits[0]} has shape {tuple(state[head_misfits[0]].shape)}, "
             f"but this data has {num_classes} classes (set [teacher].finetune = true and [teacher].epochs "
-            "to train a new head on this data)")
+            "to train a new head on this data)"
+        )
     if new_head:
         from timm.models import adapt_input_conv
 
-        state = {k: v for k, v in state.items() if not (k.startswith(classifier) and k in own and v.shape != own[k].shape)}
+        state = {
+            k: v for k, v in state.items() if not (k.startswith(classifier) and k in own and v.shape != own[k].shape)
+        }
         for k in [k for k in state if k.startswith(first_conv) and k.endswith(".weight") and state[k].ndim == 4]:
             if state[k].shape[1] != in_chans:
                 state[k] = adapt_input_conv(in_chans, state[k])
@@ -92,8 +93,10 @@ def create_timm(name: str, num_classes: int, in_chans: int, weights: str | None,
     missing = [k for k in missing if not (new_head and k.startswith(classifier))]
     if missing or unexpected:
         what = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise ExternalModelError(f"{weights}: weights do not fit timm:{name} ({len(missing)} missing, "
-                                 f"{len(unexpected)} unexpected tensors, e.g. {what})")
+        raise ExternalModelError(
+            f"{weights}: weights do not fit timm:{name} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors, e.g. {what})"
+        )
     return model
 
 

@@ -38,7 +38,7 @@ class WideResNet(nn.Module):
         self.conv = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
         blocks = []
         c = widths[0]
-        for g, stride in zip(range(3), (1, 2, 2)):
+        for g, stride in enumerate((1, 2, 2)):
             for i in range(n):
                 blocks.append(_Block(c, widths[g + 1], stride if i == 0 else 1))
                 c = widths[g + 1]
