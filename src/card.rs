@@ -33,6 +33,9 @@ pub const MAX_INPUTS: usize = 64;
 pub const MAX_NAME_CHARS: usize = 1024;
 /// Free text: a calibration note (which may quote a label) or the command that made the model.
 pub const MAX_TEXT_CHARS: usize = 4096;
+/// An input's height and width: the box allocates its tensor from them (3 × 8192² floats is
+/// 768 MiB), and no image classifier we know of takes more than a few thousand pixels a side.
+pub const MAX_INPUT_SIDE: usize = 8192;
 
 #[derive(Debug, Error)]
 pub enum CardError {
@@ -454,6 +457,12 @@ fn validate_input(input: &InputSpec, field: &str, graph_input: Option<&TensorInf
     }
     if input.shape[0] != 1 {
         return Err(field_error(format!("{field}.shape"), "batch dimension must be 1"));
+    }
+    if input.shape[2..].iter().any(|&side| side > MAX_INPUT_SIDE) {
+        return Err(field_error(
+            format!("{field}.shape"),
+            format!("{:?}: height and width are at most {MAX_INPUT_SIDE}", input.shape),
+        ));
     }
     let channels = input.channels();
     if input.shape[1] != channels {

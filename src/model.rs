@@ -152,7 +152,15 @@ fn cardless(info: &ModelInfo, opts: &CardlessOptions) -> Result<Card, String> {
     for (i, d) in dims.iter().enumerate() {
         match (i, d) {
             (0, _) => shape.push(1),
-            (_, Some(n)) if *n > 0 => shape.push(*n as usize),
+            (_, Some(n)) if *n > 0 && *n as usize <= card::MAX_INPUT_SIDE => shape.push(*n as usize),
+            (2 | 3, Some(n)) if *n > 0 => {
+                return Err(format!(
+                    "input {:?} has shape {}: height and width are at most {}",
+                    input.name,
+                    input.shape_string(),
+                    card::MAX_INPUT_SIDE
+                ));
+            }
             _ => {
                 return Err(format!(
                     "input {:?} has shape {}: dimension {i} is not fixed; export the model with a fixed input size",

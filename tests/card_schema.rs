@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use edge_kd::card::{Card, MAX_CARD_JSON_BYTES, MAX_INPUTS, MAX_LABELS, MAX_NAME_CHARS, MAX_TEXT_CHARS};
+use edge_kd::card::{
+    Card, MAX_CARD_JSON_BYTES, MAX_INPUT_SIDE, MAX_INPUTS, MAX_LABELS, MAX_NAME_CHARS, MAX_TEXT_CHARS,
+};
 use edge_kd::model::{CardlessOptions, Model};
 use edge_kd::onnx_meta::{ModelInfo, TensorInfo};
 
@@ -157,6 +159,7 @@ fn the_schema_states_the_bounds_the_parser_enforces() {
     assert_eq!(props["inputs"]["maxItems"], MAX_INPUTS);
     assert_eq!(props["name"]["maxLength"], MAX_NAME_CHARS);
     assert_eq!(schema["$defs"]["provenance"]["properties"]["command"]["maxLength"], MAX_TEXT_CHARS);
+    assert_eq!(schema["$defs"]["input"]["properties"]["shape"]["items"]["maximum"], MAX_INPUT_SIDE);
     let description = schema["description"].as_str().unwrap();
     assert!(description.contains(&format!("at most {MAX_CARD_JSON_BYTES} bytes")), "{description}");
 }
