@@ -43,7 +43,7 @@ def parse_threads(s: str) -> list[int]:
     try:
         out = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--threads: {s!r} is not a comma-separated list of integers")
+        raise argparse.ArgumentTypeError(f"--threads: {s!r} is not a comma-separated list of integers") from None
     if not out or any(t < 1 for t in out):
         raise argparse.ArgumentTypeError(f"--threads: {s!r}: need one or more integers >= 1")
     return out
@@ -171,7 +171,7 @@ def main() -> int:
         "onnxruntime_version": ort.__version__,
         "python_version": platform.python_version(),
         "numpy_version": np.__version__,
-        "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "date": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "host": socket.gethostname(),
         "machine": {"arch": platform.machine(), "os": platform.system().lower(), "logical_cpus": os.cpu_count()},
         "logical_cpus": os.cpu_count(),

@@ -50,7 +50,7 @@ def collect(paths: list[Path]) -> dict[str, dict]:
         try:
             data = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
-            raise SystemExit(f"report.py: {f}: {e}")
+            raise SystemExit(f"report.py: {f}: {e}") from None
         if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
             raise SystemExit(f"report.py: {f}: not a bench report (no 'rows' list)")
         models.setdefault(stem, {"edge": None, "ref": None, "files": []})

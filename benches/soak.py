@@ -63,8 +63,9 @@ def histogram_quantile(m: dict[str, float], source: str, q: float) -> float:
     """Upper bound (seconds) of the bucket holding quantile q: what Prometheus would say."""
     prefix = f'edge_kd_frame_latency_seconds_bucket{{source="{source}",le="'
     buckets = sorted(
-        (float("inf") if k[len(prefix):-2] == "+Inf" else float(k[len(prefix):-2]), v)
-        for k, v in m.items() if k.startswith(prefix)
+        (float("inf") if k[len(prefix) : -2] == "+Inf" else float(k[len(prefix) : -2]), v)
+        for k, v in m.items()
+        if k.startswith(prefix)
     )
     total = buckets[-1][1]
     for bound, count in buckets:
@@ -92,9 +93,25 @@ def main() -> int:
     name = Path(args.model).stem if args.model else "default-student"
     model_args = ["--model", args.model] if args.model else []
     bench = subprocess.run(
-        [args.binary, "bench", *model_args, "--engine", args.engine, "--threads", str(args.threads),
-         "--input", args.image, "--iters", "300", "--warmup", "30", "--json"],
-        check=True, capture_output=True, text=True,
+        [
+            args.binary,
+            "bench",
+            *model_args,
+            "--engine",
+            args.engine,
+            "--threads",
+            str(args.threads),
+            "--input",
+            args.image,
+            "--iters",
+            "300",
+            "--warmup",
+            "30",
+            "--json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     bench_row = json.loads(bench.stdout)["rows"][0]
 
@@ -111,8 +128,9 @@ def main() -> int:
         f'[sinks.jsonl]\npath = "{results}"\nfsync = "interval"\nrotate_bytes = 67108864\nkeep = 2\n'
     )
     env = dict(os.environ, RUST_LOG="info")
-    daemon = subprocess.Popen([args.binary, "serve", "--config", str(config)], env=env,
-                              stderr=open(work / "daemon.log", "w"))
+    daemon = subprocess.Popen(
+        [args.binary, "serve", "--config", str(config)], env=env, stderr=open(work / "daemon.log", "w")
+    )
     for _ in range(200):
         try:
             metrics(port)
@@ -125,14 +143,16 @@ def main() -> int:
     while True:
         now = time.monotonic()
         m = metrics(port)
-        samples.append({
-            "t_s": round(now - start, 1),
-            "rss_mib": round(rss_mib(daemon.pid), 2),
-            "frames": m['edge_kd_frames_total{source="soak"}'],
-            "dropped": m['edge_kd_dropped_total{source="soak"}'],
-            "errors": m['edge_kd_errors_total{source="soak"}'],
-            "jsonl_lines": m["edge_kd_jsonl_lines_total"],
-        })
+        samples.append(
+            {
+                "t_s": round(now - start, 1),
+                "rss_mib": round(rss_mib(daemon.pid), 2),
+                "frames": m['edge_kd_frames_total{source="soak"}'],
+                "dropped": m['edge_kd_dropped_total{source="soak"}'],
+                "errors": m['edge_kd_errors_total{source="soak"}'],
+                "jsonl_lines": m["edge_kd_jsonl_lines_total"],
+            }
+        )
         print(f"soak: {samples[-1]}", file=sys.stderr)
         if now >= deadline:
             break
@@ -143,8 +163,10 @@ def main() -> int:
     code = daemon.wait(timeout=60)
 
     # "stopped cleanly: D frames decided, F failed, X dropped; J results written to JSONL, ..."
-    final = re.search(r"stopped cleanly: (\d+) frames decided, (\d+) failed, (\d+) dropped; (\d+) results written",
-                      (work / "daemon.log").read_text())
+    final = re.search(
+        r"stopped cleanly: (\d+) frames decided, (\d+) failed, (\d+) dropped; (\d+) results written",
+        (work / "daemon.log").read_text(),
+    )
     if not final:
         print(f"soak: the daemon did not stop cleanly; see {work / 'daemon.log'}", file=sys.stderr)
         return 1
@@ -153,11 +175,17 @@ def main() -> int:
     latencies = [json.loads(line)["latency_us"] for line in lines_in_file if '"latency_us"' in line]
     after_warmup = [s["rss_mib"] for s in samples if s["t_s"] >= 60] or [s["rss_mib"] for s in samples]
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": " ".join([sys.argv[0], *sys.argv[1:]]),
-        "machine": {"cpu": bench.stdout and json.loads(bench.stdout)["machine"]["cpu"],
-                    "logical_cpus": os.cpu_count(), "arch": platform.machine()},
-        "model": name, "engine": args.engine, "threads": args.threads, "image": args.image,
+        "machine": {
+            "cpu": bench.stdout and json.loads(bench.stdout)["machine"]["cpu"],
+            "logical_cpus": os.cpu_count(),
+            "arch": platform.machine(),
+        },
+        "model": name,
+        "engine": args.engine,
+        "threads": args.threads,
+        "image": args.image,
         "minutes": round(elapsed / 60, 2),
         "frames_per_s": round(final_metrics['edge_kd_frames_total{source="soak"}'] / elapsed, 1),
         "bench_engine_only_fps": round(bench_row["engine_only"]["throughput_fps"], 1),
@@ -167,24 +195,29 @@ def main() -> int:
         "latency_sample": f"last {len(latencies)} results (the current JSONL file)",
         "end_to_end_p50_s_bucket": histogram_quantile(final_metrics, "soak", 0.50),
         "end_to_end_p99_s_bucket": histogram_quantile(final_metrics, "soak", 0.99),
-        "dropped": dropped, "errors": failed,
-        "decided_at_exit": decided, "jsonl_lines_at_exit": written,
+        "dropped": dropped,
+        "errors": failed,
+        "decided_at_exit": decided,
+        "jsonl_lines_at_exit": written,
         "lost": decided + failed - written,
         "exit_code": code,
-        "rss_mib_after_1min_min": min(after_warmup), "rss_mib_after_1min_max": max(after_warmup),
+        "rss_mib_after_1min_min": min(after_warmup),
+        "rss_mib_after_1min_max": max(after_warmup),
         "samples": samples,
     }
     report["ratio_to_engine_only"] = round(report["frames_per_s"] / report["bench_engine_only_fps"], 3)
-    day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     out = Path(args.out) if args.out else ROOT / "benches/results" / f"{day}-soak" / f"{name}-{args.engine}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"| {name} | {args.engine} ×{args.threads} | {report['minutes']} | {report['frames_per_s']} | "
-          f"{report['bench_engine_only_fps']} ({report['ratio_to_engine_only']:.2f}×) | "
-          f"{report['latency_us_p50']:.0f} / {report['latency_us_p99']:.0f} | "
-          f"≤{report['end_to_end_p50_s_bucket'] * 1e3:g} / ≤{report['end_to_end_p99_s_bucket'] * 1e3:g} ms | "
-          f"{report['dropped']:.0f} | {report['lost']:.0f} | "
-          f"{report['rss_mib_after_1min_min']:.1f}–{report['rss_mib_after_1min_max']:.1f} |")
+    print(
+        f"| {name} | {args.engine} ×{args.threads} | {report['minutes']} | {report['frames_per_s']} | "
+        f"{report['bench_engine_only_fps']} ({report['ratio_to_engine_only']:.2f}×) | "
+        f"{report['latency_us_p50']:.0f} / {report['latency_us_p99']:.0f} | "
+        f"≤{report['end_to_end_p50_s_bucket'] * 1e3:g} / ≤{report['end_to_end_p99_s_bucket'] * 1e3:g} ms | "
+        f"{report['dropped']:.0f} | {report['lost']:.0f} | "
+        f"{report['rss_mib_after_1min_min']:.1f}–{report['rss_mib_after_1min_max']:.1f} |"
+    )
     print(f"soak: wrote {out}", file=sys.stderr)
     return 0 if code == 0 and report["lost"] == 0 else 1
 
