@@ -24,6 +24,8 @@ pub enum DecodeError {
     UnsupportedColor(ColorType),
     #[error("{what} {value} is over the limit {limit} ({key})")]
     OverLimit { what: &'static str, value: u64, limit: u64, key: &'static str },
+    #[error("decoding needs more memory than the limit {limit} (max_decode_bytes)")]
+    DecoderMemory { limit: u64 },
 }
 
 /// What one image may cost, checked before anything is allocated for it. The defaults fit a
@@ -94,11 +96,10 @@ impl ImageLimits {
         self.check("file size", bytes, self.max_file_bytes, "max_file_bytes")
     }
 
-    /// The image crate's own limits, so its decoders bound their internal buffers too.
+    /// The image crate's own memory limit, so its decoders bound their internal buffers too.
+    /// Dimensions are left to [`Self::check_dimensions`], whose error names our key.
     fn for_decoder(&self) -> image::Limits {
-        let mut limits = image::Limits::default();
-        limits.max_image_width = Some(self.max_width);
-        limits.max_image_height = Some(self.max_height);
+        let mut limits = image::Limits::no_limits();
         limits.max_alloc = Some(self.max_decode_bytes);
         limits
     }
@@ -157,25 +158,15 @@ impl ImageFileDecoder {
             ImageFormat::Bmp => "BMP",
             _ => return Err(DecodeError::UnknownFormat),
         };
-        let corrupt = |e: image::ImageError| DecodeError::Corrupt { format: name, message: e.to_string() };
+        let limit = self.limits.max_decode_bytes;
+        let corrupt = |e: image::ImageError| match e {
+            image::ImageError::Limits(_) => DecodeError::DecoderMemory { limit },
+            e => DecodeError::Corrupt { format: name, message: e.to_string() },
+        };
         let mut reader = ImageReader::with_format(Cursor::new(&self.bytes[..]), format);
         reader.limits(self.limits.for_decoder());
-        // The decoders read only the header here; the image crate refuses dimensions over
-        // the limits itself, but its message does not say which key to raise.
-        let decoder = match reader.into_decoder() {
-            Ok(decoder) => decoder,
-            Err(image::ImageError::Limits(_)) => {
-                let (width, height) = header_dimensions(&self.bytes, format).unwrap_or((u32::MAX, u32::MAX));
-                self.limits.check_dimensions(width, height)?;
-                return Err(DecodeError::OverLimit {
-                    what: "decoder memory",
-                    value: u64::MAX,
-                    limit: self.limits.max_decode_bytes,
-                    key: "max_decode_bytes",
-                });
-            }
-            Err(e) => return Err(corrupt(e)),
-        };
+        // Only the header is read here; the pixel buffer is ours, sized once checked below.
+        let decoder = reader.into_decoder().map_err(corrupt)?;
         let (width, height) = decoder.dimensions();
         self.limits.check_dimensions(width, height)?;
         let (width, height) = (width as usize, height as usize);
@@ -192,7 +183,7 @@ impl ImageFileDecoder {
             other => return Err(DecodeError::UnsupportedColor(other)),
         };
         let total = decoder.total_bytes();
-        self.limits.check("decoded size", total, self.limits.max_decode_bytes, "max_decode_bytes")?;
+        self.limits.check("decoded size", total, limit, "max_decode_bytes")?;
         let total = usize::try_from(total).unwrap_or(usize::MAX);
         if wide {
             self.pixels16.resize(total / 2, 0);
@@ -204,14 +195,6 @@ impl ImageFileDecoder {
             Ok(Frame { width, height, format: pixel_format, samples: Samples::U8(&self.pixels8) })
         }
     }
-}
-
-/// Width and height from the header alone, for an error message after the image crate
-/// refused a header over the limits without saying what it found.
-fn header_dimensions(bytes: &[u8], format: ImageFormat) -> Option<(u32, u32)> {
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    reader.no_limits();
-    reader.into_dimensions().ok()
 }
 
 /// The bytes of a `u16` buffer, so 16-bit images decode straight into it (the image
@@ -228,4 +211,70 @@ pub fn is_image_path(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg" | "bmp"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(rel: &str) -> Vec<u8> {
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)).unwrap()
+    }
+
+    #[test]
+    fn each_limit_is_checked_and_named() {
+        let hostile = fixture("hostile/png-50000x50000.png");
+        let err = ImageFileDecoder::new().decode_encoded(&hostile).map(|_| ()).unwrap_err();
+        assert_eq!(err.to_string(), "width 50000 is over the limit 16384 (max_width)");
+
+        let rgb = fixture("images/rgb_50x30.png");
+        let limits = |f: fn(&mut ImageLimits)| {
+            let mut l = ImageLimits::default();
+            f(&mut l);
+            l
+        };
+        let cases: [(ImageLimits, &str); 4] = [
+            (limits(|l| l.max_height = 29), "height 30 is over the limit 29 (max_height)"),
+            (limits(|l| l.max_pixels = 1499), "pixel count 1500 is over the limit 1499 (max_pixels)"),
+            (limits(|l| l.max_file_bytes = 10), "(max_file_bytes)"),
+            (
+                limits(|l| l.max_decode_bytes = 4499),
+                "decoded size 4500 is over the limit 4499 (max_decode_bytes)",
+            ),
+        ];
+        for (limits, message) in cases {
+            let err = ImageFileDecoder::with_limits(limits).decode_encoded(&rgb).map(|_| ()).unwrap_err();
+            assert!(err.to_string().ends_with(message), "{err}");
+        }
+        // Exactly at every limit, the image decodes.
+        let exact = ImageLimits {
+            max_width: 50,
+            max_height: 30,
+            max_pixels: 1500,
+            max_file_bytes: rgb.len() as u64,
+            max_decode_bytes: 4500,
+        };
+        let mut decoder = ImageFileDecoder::with_limits(exact);
+        let frame = decoder.decode_encoded(&rgb).unwrap();
+        assert_eq!((frame.width, frame.height), (50, 30));
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.png");
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let limits = ImageLimits { max_file_bytes: 4095, ..ImageLimits::default() };
+        let mut buf = Vec::new();
+        let err = read_file_limited(&path, &limits, &mut buf).unwrap_err();
+        assert_eq!(err.to_string(), "file size 4096 is over the limit 4095 (max_file_bytes)");
+        assert!(buf.is_empty(), "nothing was read");
+    }
+
+    #[test]
+    fn zero_limits_are_refused_by_name() {
+        let limits = ImageLimits { max_pixels: 0, ..ImageLimits::default() };
+        assert_eq!(limits.validate(), Err("max_pixels must be > 0".to_string()));
+        assert_eq!(ImageLimits::default().validate(), Ok(()));
+    }
 }
