@@ -346,7 +346,7 @@ fn sigterm_decides_every_queued_frame_and_flushes_before_exit() {
 #[test]
 fn every_config_error_names_its_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str); 9] = [
+    let cases: [(&str, &str); 11] = [
         ("[[source]]\nname = \"a\"\nhttp = {}\nengin = \"tract\"\n", "unknown field `engin`"),
         (
             "[[source]]\nname = \"a\"\nhttp = {}\nengine = \"tensorrt\"\n",
@@ -355,6 +355,14 @@ fn every_config_error_names_its_key() {
         ("[[source]]\nname = \"a\"\n", "source[0] (a).camera|folder|http|synthetic"),
         ("[[source]]\nname = \"a b\"\nhttp = {}\n", "source[0].name"),
         ("[[source]]\nname = \"a\"\nhttp = {}\nworkers = 0\n", "source[0] (a).workers: must be > 0"),
+        (
+            "[[source]]\nname = \"a\"\nhttp = {}\n[source.limits]\nmax_pixels = 0\n",
+            "source[0] (a).limits: max_pixels must be > 0",
+        ),
+        (
+            "[[source]]\nname = \"a\"\nhttp = {}\n[source.limits]\nmax_pixel = 9\n",
+            "unknown field `max_pixel`",
+        ),
         (
             "[[source]]\nname = \"a\"\nfolder = { path = \"/x\", after = \"move\" }\n",
             "source[0] (a).folder.move_to",
