@@ -198,9 +198,18 @@ fn cardless(info: &ModelInfo, opts: &CardlessOptions) -> Result<Card, String> {
         }
     };
     let output = info.outputs.first().ok_or("the graph declares no outputs")?;
-    let labels = card::output_width(output)
-        .map(|n| (0..n).map(|i| format!("class_{i}")).collect())
-        .unwrap_or_default();
+    let labels = match card::output_width(output) {
+        // A label is made for each class: a width only a hostile graph declares is refused.
+        Some(n) if n > card::MAX_LABELS => {
+            return Err(format!(
+                "output {:?} has {n} classes, more than the {} edge-kd reads",
+                output.name,
+                card::MAX_LABELS
+            ));
+        }
+        Some(n) => (0..n).map(|i| format!("class_{i}")).collect(),
+        None => Vec::new(),
+    };
     Ok(Card {
         schema: card::SCHEMA_VERSION,
         name: "(no card)".into(),

@@ -166,6 +166,9 @@ fn one() -> usize {
 fn default_queue() -> usize {
     8
 }
+/// `serve` allocates a source's queue whole at start: a typo such as `queue = 100000000`
+/// would ask for gigabytes there, after `--check-config` said the file was fine.
+const MAX_QUEUE: usize = 10_000;
 fn default_top_k() -> usize {
     3
 }
@@ -421,6 +424,9 @@ impl ServeConfig {
                 if value == 0 {
                     return bad(key(field), "must be > 0");
                 }
+            }
+            if s.queue > MAX_QUEUE {
+                return bad(key("queue"), &format!("must be at most {MAX_QUEUE} frames"));
             }
             if let Some(t) = s.threshold
                 && !(0.0..=1.0).contains(&t)

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::extract::Request;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -58,7 +58,7 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-struct ApiError {
+pub struct ApiError {
     status: StatusCode,
     message: String,
 }
@@ -142,12 +142,16 @@ struct InferQuery {
     source: Option<String>,
 }
 
-async fn infer(
-    State(state): State<Arc<ApiState>>,
-    query: Result<Query<InferQuery>, QueryRejection>,
+/// What `POST /infer` makes of a request before it queues the upload: the query, the body
+/// and the upload source that takes it (its index in `sources`). Pure, so that it is
+/// fuzzed (tests/fuzz, target `infer_body`).
+pub fn upload_target(
+    sources: &[SourceHandle],
+    uri: &Uri,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+) -> Result<(usize, Bytes), ApiError> {
+    let Query(query) = Query::<InferQuery>::try_from_uri(uri)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let body = body.map_err(|e| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -162,9 +166,9 @@ async fn infer(
             "empty body: send the image bytes (curl --data-binary @frame.png)",
         ));
     }
-    let uploads: Vec<usize> = (0..state.sources.len()).filter(|&i| state.sources[i].uploads).collect();
+    let uploads: Vec<usize> = (0..sources.len()).filter(|&i| sources[i].uploads).collect();
     let index = match &query.source {
-        Some(name) => state.sources.iter().position(|s| &s.name == name && s.uploads).ok_or_else(|| {
+        Some(name) => sources.iter().position(|s| &s.name == name && s.uploads).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("no upload source named {name:?} (configured with http = {{}})"),
@@ -184,6 +188,15 @@ async fn infer(
             ));
         }
     };
+    Ok((index, body))
+}
+
+async fn infer(
+    State(state): State<Arc<ApiState>>,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let (index, body) = upload_target(&state.sources, &uri, body)?;
     let source = &state.sources[index];
     let (tx, rx) = oneshot::channel();
     let job = Job::new(index, "upload".into(), Payload::Encoded(body.to_vec()), Some(tx));
