@@ -158,6 +158,9 @@ impl ImageFileDecoder {
             ImageFormat::Bmp => "BMP",
             _ => return Err(DecodeError::UnknownFormat),
         };
+        if format == ImageFormat::Png {
+            check_png_palette(&self.bytes)?;
+        }
         let limit = self.limits.max_decode_bytes;
         let corrupt = |e: image::ImageError| match e {
             image::ImageError::Limits(_) => DecodeError::DecoderMemory { limit },
@@ -195,6 +198,23 @@ impl ImageFileDecoder {
             Ok(Frame { width, height, format: pixel_format, samples: Samples::U8(&self.pixels8) })
         }
     }
+}
+
+/// png 0.18.1 panics on a PLTE chunk whose length is not a multiple of 3 (image-rs/image-png
+/// issue 694, fixed upstream after that release; found by tests/fuzz `image_decode`): such a
+/// file is refused here, before the decoder sees it.
+fn check_png_palette(png: &[u8]) -> Result<(), DecodeError> {
+    let mut at: usize = 8;
+    while let Some(head) = png.get(at..at.saturating_add(8)) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if &head[4..] == b"PLTE" && !len.is_multiple_of(3) {
+            let message = format!("its PLTE chunk holds {len} bytes, not whole RGB entries");
+            return Err(DecodeError::Corrupt { format: "PNG", message });
+        }
+        // Length, type, data, CRC.
+        at = at.saturating_add(12).saturating_add(len);
+    }
+    Ok(())
 }
 
 /// The bytes of a `u16` buffer, so 16-bit images decode straight into it (the image

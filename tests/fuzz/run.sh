@@ -92,7 +92,7 @@ for t in "${targets[@]}"; do
   corpus="$scratch/corpus/$t"
   artifacts="$scratch/artifacts/$t"
   log="$scratch/$t.log"
-  rm -rf "$corpus"
+  rm -rf "$corpus" "$artifacts"
   mkdir -p "$corpus" "$artifacts" "$work/$t"
   cp "$here/corpus/$t"/* "$corpus"/
   dict=()
