@@ -29,8 +29,9 @@ sys.path.insert(0, str(REPO / "training"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
-from edgekd_train.card import read_card, write_card  # noqa: E402
 from torchvision.models import mobilenet_v2, mobilenet_v3_small  # noqa: E402
+
+from edgekd_train.card import read_card, write_card  # noqa: E402
 
 SEED = 0
 SIZE = 224
