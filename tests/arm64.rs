@@ -17,10 +17,19 @@ fn require(ok: bool, what: &str) {
 }
 
 /// Builds the ARM64 binary in its own target folder, so it never waits on the lock of
-/// the build that is running these tests.
+/// the build that is running these tests. The folder is outside the checkout
+/// (`$EDGE_KD_CROSS_TARGET_DIR`, default `~/.cache/edge-kd/cross-target`), as the fuzz
+/// build's is: the cold cross build of every dependency is the longest step of CI on 2
+/// cores (13 min), and CI's fresh clones on one machine then share it.
 fn arm64_binary() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target_dir = root().join("target/cross");
+    let target_dir = std::env::var_os("EDGE_KD_CROSS_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| root().join("target"));
+        cache.join("edge-kd/cross-target")
+    });
     let status = Command::new(&cargo)
         .current_dir(root())
         .args(["build", "--quiet", "--bin", "edge-kd", "--target", TARGET])
