@@ -6,10 +6,10 @@
 mod common;
 
 use common::*;
+use edge_kd::card::{Color, InputSpec, Layout, Resize};
 use edge_kd::model::{CardlessOptions, Model};
 use edge_kd::npy;
 use edge_kd::preprocess::decode::ImageFileDecoder;
-use edge_kd::card::{Color, InputSpec, Layout, Resize};
 use edge_kd::preprocess::{Frame, PixelFormat, Preprocessor, Samples};
 
 const IMAGES: [&str; 6] = [
@@ -146,7 +146,8 @@ fn textured_images_give_what_training_feeds_the_model_in_every_mode() {
                 let mut pre = Preprocessor::new(&spec(color, resize, h, w));
                 let ours = pre.run(&frame).unwrap();
                 assert_eq!(ours.len(), trained.len(), "{name}");
-                let worst = ours.iter().zip(&trained).map(|(a, &b)| (a - f32::from(b)).abs()).fold(0.0, f32::max);
+                let worst =
+                    ours.iter().zip(&trained).map(|(a, &b)| (a - f32::from(b)).abs()).fold(0.0, f32::max);
                 // 16-bit sources: training rounds v/257 to uint8, the runtime keeps it (≤ 0.5).
                 assert!(worst <= 1.0, "{name}: {worst} grey levels from what training feeds the model");
                 checked += 1;

@@ -129,9 +129,8 @@ impl Resampler {
             return Ok(Resampled { pixels: source, channels, placement: plan.placement });
         }
         let Placement { height: nh, width: nw, .. } = plan.placement;
-        let mut options = ResizeOptions::new()
-            .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-            .use_alpha(false);
+        let mut options =
+            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).use_alpha(false);
         if let Some((left, top, width, height)) = plan.crop {
             options = options.crop(left, top, width, height);
         }
@@ -139,7 +138,8 @@ impl Resampler {
         let (w32, h32, nw32, nh32) = (w as u32, h as u32, nw as u32, nh as u32);
         let pixels = match source {
             Pixels::U8(src) => {
-                let pixel_type = [PixelType::U8, PixelType::U8x2, PixelType::U8x3, PixelType::U8x4][channels - 1];
+                let pixel_type =
+                    [PixelType::U8, PixelType::U8x2, PixelType::U8x3, PixelType::U8x4][channels - 1];
                 self.resized8.resize(nh * nw * channels, 0);
                 let src = ImageRef::new(w32, h32, src, pixel_type).map_err(|e| fail(&e))?;
                 let mut dst =
@@ -150,9 +150,11 @@ impl Resampler {
             Pixels::U16(src) => {
                 let pixel_type = [PixelType::U16, PixelType::U16x2][channels - 1];
                 self.resized16.resize(nh * nw * channels, 0);
-                let src = ImageRef::new(w32, h32, bytemuck::cast_slice(src), pixel_type).map_err(|e| fail(&e))?;
+                let src =
+                    ImageRef::new(w32, h32, bytemuck::cast_slice(src), pixel_type).map_err(|e| fail(&e))?;
                 let dst_bytes = bytemuck::cast_slice_mut(&mut self.resized16[..]);
-                let mut dst = Image::from_slice_u8(nw32, nh32, dst_bytes, pixel_type).map_err(|e| fail(&e))?;
+                let mut dst =
+                    Image::from_slice_u8(nw32, nh32, dst_bytes, pixel_type).map_err(|e| fail(&e))?;
                 self.resizer.resize(&src, &mut dst, &options).map_err(|e| fail(&e))?;
                 Pixels::U16(&self.resized16[..])
             }
