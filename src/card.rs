@@ -87,6 +87,10 @@ pub struct InputSpec {
     pub layout: Layout,
     pub color: Color,
     pub resize: Resize,
+    /// The resampling definition the model was trained with. A card written before the field
+    /// existed means `bilinear-antialias`: the trainer has always resized with Pillow's BILINEAR.
+    #[serde(default)]
+    pub resample: Resample,
     pub scale: f32,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
@@ -158,6 +162,24 @@ impl Resize {
             Resize::Stretch => "stretch",
             Resize::CenterCrop => "center-crop",
             Resize::Letterbox => "letterbox",
+        }
+    }
+}
+
+/// How a frame is resampled to the input's size (README, "Preprocessing"). One definition so far;
+/// a card naming another (from a newer edge-kd) is refused by name rather than run differently.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resample {
+    /// Colour first (8-bit, as Pillow's `convert`), then Pillow's antialiased BILINEAR.
+    #[default]
+    BilinearAntialias,
+}
+
+impl Resample {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resample::BilinearAntialias => "bilinear-antialias",
         }
     }
 }

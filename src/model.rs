@@ -222,6 +222,7 @@ fn cardless(info: &ModelInfo, opts: &CardlessOptions) -> Result<Card, String> {
             layout: Layout::Nchw,
             color,
             resize: opts.resize.unwrap_or(Resize::Stretch),
+            resample: Default::default(),
             scale: opts.scale.unwrap_or(1.0 / 255.0),
             mean: per_channel(&opts.mean, "--mean", 0.0)?,
             std: per_channel(&opts.std, "--std", 1.0)?,

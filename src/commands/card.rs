@@ -52,11 +52,12 @@ fn describe(model: &Model) -> String {
         line(
             "input",
             format!(
-                "{} {:?} NCHW {}, {}; scale {}, mean {:?}, std {:?}; modality {}{}",
+                "{} {:?} NCHW {}, {} ({}); scale {}, mean {:?}, std {:?}; modality {}{}",
                 input.name,
                 input.shape,
                 input.color.as_str(),
                 input.resize.as_str(),
+                input.resample.as_str(),
                 input.scale,
                 input.mean,
                 input.std,

@@ -1,15 +1,15 @@
-//! Frame → model input, exactly as the card says: colour conversion, resize (stretch,
-//! center-crop or letterbox, bilinear with half-pixel centres), scale, mean, std,
-//! NCHW f32. The output and scratch buffers are owned here and reused, so a warm
-//! preprocessor allocates nothing per frame.
+//! Frame → model input, exactly as the card says: the card's resampling definition
+//! (`resample.rs`: colour, then an antialiased resize for stretch, center-crop or letterbox),
+//! then scale, mean, std, NCHW f32. The output and scratch buffers are owned here and reused.
 //!
-//! The same arithmetic is implemented in `tests/fixtures/preprocess_ref.py`; the
-//! fixtures it wrote are the reference this module is tested against.
+//! The definition is the trainer's (`training/edgekd_train/data/resample.py`); the fixtures
+//! `tests/fixtures/preprocess_ref.py` wrote from it are what this module is tested against.
 
 pub mod decode;
+mod resample;
 
-use crate::card::{Color, InputSpec, Resize};
-
+use crate::card::{Color, InputSpec};
+use resample::{Pixels, Resampled, Resampler};
 /// How the samples of a frame are laid out, channel-interleaved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PixelFormat {
@@ -61,42 +61,15 @@ pub enum PreprocessError {
     BadFrame { width: usize, height: usize, format: PixelFormat, got: usize, expected: usize },
     #[error("empty frame (0 pixels)")]
     Empty,
-}
-
-/// Precomputed bilinear taps along one axis.
-#[derive(Debug, Default, Clone)]
-struct Axis {
-    /// For each output position: first source index, second source index, weight of the second.
-    taps: Vec<(usize, usize, f32)>,
-    /// Output range covered by the image (the rest is letterbox padding).
-    start: usize,
-    end: usize,
-}
-
-impl Axis {
-    /// Taps for `out` output positions over `src` source samples: content occupies
-    /// `[start, start + content)` and samples the source at step `step` from `offset`.
-    fn build(&mut self, out: usize, src: usize, start: usize, content: usize, offset: f32, step: f32) {
-        self.taps.clear();
-        self.start = start;
-        self.end = start + content;
-        let last = (src - 1) as f32;
-        for i in 0..out {
-            let pos = offset + ((i as f32 - start as f32) + 0.5) * step - 0.5;
-            let pos = pos.clamp(0.0, last);
-            let p0 = pos.floor();
-            let i0 = p0 as usize;
-            let i1 = (i0 + 1).min(src - 1);
-            self.taps.push((i0, i1, pos - p0));
-        }
-    }
+    #[error("frame of {width}x{height} is too large to resample (over 4 GiB pixels a side)")]
+    TooLarge { width: usize, height: usize },
+    #[error("resampling failed: {0}")]
+    Resample(String),
 }
 
 pub struct Preprocessor {
     spec: InputSpec,
-    rows: Axis,
-    cols: Axis,
-    geometry: Option<(usize, usize)>,
+    resampler: Resampler,
     /// Per output channel: `v * gain + bias` is `(v * scale - mean) / std`.
     gain: [f32; 3],
     bias: [f32; 3],
@@ -111,10 +84,8 @@ impl Preprocessor {
             bias[c] = -spec.mean[c] / spec.std[c];
         }
         Preprocessor {
+            resampler: Resampler::new(spec.color, spec.resize, spec.height(), spec.width()),
             spec: spec.clone(),
-            rows: Axis::default(),
-            cols: Axis::default(),
-            geometry: None,
             gain,
             bias,
             out: vec![0.0; spec.tensor_len()],
@@ -132,6 +103,9 @@ impl Preprocessor {
         if w == 0 || h == 0 {
             return Err(PreprocessError::Empty);
         }
+        if u32::try_from(w).is_err() || u32::try_from(h).is_err() {
+            return Err(PreprocessError::TooLarge { width: w, height: h });
+        }
         let expected = w * h * frame.format.channels();
         if frame.sample_count() != expected {
             return Err(PreprocessError::BadFrame {
@@ -142,140 +116,71 @@ impl Preprocessor {
                 expected,
             });
         }
-        if self.geometry != Some((w, h)) {
-            self.plan_geometry(w, h);
-            self.geometry = Some((w, h));
-        }
-        match frame.samples {
-            Samples::U8(s) => self.convert(s, frame.format, w, h, f32::from),
-            Samples::U16(s) => self.convert(s, frame.format, w, h, |v| f32::from(v) / 257.0),
-        }
+        let resampled = self.resampler.run(frame)?;
+        let (out_h, out_w) = (self.spec.height(), self.spec.width());
+        write_tensor(&resampled, self.spec.color, out_h, out_w, self.gain, self.bias, &mut self.out);
         Ok(&self.out)
     }
+}
 
-    fn plan_geometry(&mut self, w: usize, h: usize) {
-        let (out_h, out_w) = (self.spec.height(), self.spec.width());
-        let (sy, sx) = (h as f32 / out_h as f32, w as f32 / out_w as f32);
-        match self.spec.resize {
-            Resize::Stretch => {
-                self.rows.build(out_h, h, 0, out_h, 0.0, sy);
-                self.cols.build(out_w, w, 0, out_w, 0.0, sx);
+/// Normalises the resampled pixels into the NCHW tensor and fills the letterbox padding with
+/// raw 0. Which source channel feeds each output channel is fixed per frame, so the per-pixel
+/// loops are branch-free and their chunk sizes known at compile time.
+fn write_tensor(
+    r: &Resampled,
+    color: Color,
+    out_h: usize,
+    out_w: usize,
+    gain: [f32; 3],
+    bias: [f32; 3],
+    out: &mut [f32],
+) {
+    let p = r.placement;
+    let plane = out_h * out_w;
+    let padded = (p.height, p.width) != (out_h, out_w);
+    for (c, values) in out.chunks_exact_mut(plane).enumerate() {
+        if padded {
+            values.fill(bias[c]);
+        }
+        // Output channel c reads source channel `from`: gray sources feed every channel.
+        let from = match color {
+            Color::Bgr if r.channels >= 3 => 2 - c,
+            _ if r.channels >= 3 => c,
+            _ => 0,
+        };
+        let rows = values[p.top * out_w..].chunks_exact_mut(out_w).take(p.height);
+        match r.pixels {
+            Pixels::U8(px) => {
+                normalise(rows, px, r.channels, from, p.left, p.width, gain[c], bias[c], f32::from)
             }
-            Resize::CenterCrop => {
-                let s = sy.min(sx);
-                let oy = (h as f32 - out_h as f32 * s) / 2.0;
-                let ox = (w as f32 - out_w as f32 * s) / 2.0;
-                self.rows.build(out_h, h, 0, out_h, oy, s);
-                self.cols.build(out_w, w, 0, out_w, ox, s);
-            }
-            Resize::Letterbox => {
-                let s = sy.max(sx);
-                let nh = ((h as f32 / s + 0.5).floor() as usize).clamp(1, out_h);
-                let nw = ((w as f32 / s + 0.5).floor() as usize).clamp(1, out_w);
-                let (top, left) = ((out_h - nh) / 2, (out_w - nw) / 2);
-                self.rows.build(out_h, h, top, nh, 0.0, h as f32 / nh as f32);
-                self.cols.build(out_w, w, left, nw, 0.0, w as f32 / nw as f32);
+            Pixels::U16(px) => {
+                // 16-bit results are divided by 257 (0..65535 → 0..255) before the card's scale.
+                normalise(rows, px, r.channels, from, p.left, p.width, gain[c] / 257.0, bias[c], f32::from)
             }
         }
     }
+}
 
-    /// Picks the colour conversion and pixel size once per frame, so the per-pixel loops
-    /// are branch-free and their slices have sizes known at compile time.
-    /// Luma uses ITU-R BT.601 weights, as PIL's `convert("L")` does; alpha is dropped.
-    fn convert<T: Copy>(
-        &mut self,
-        src: &[T],
-        format: PixelFormat,
-        w: usize,
-        h: usize,
-        value: impl Fn(T) -> f32 + Copy,
-    ) {
-        macro_rules! gray_source {
-            ($s:literal) => {
-                match self.spec.color {
-                    Color::Gray => self.sample::<T, $s, 1>(src, w, h, move |p| [value(p[0])]),
-                    Color::Rgb | Color::Bgr => self.sample::<T, $s, 3>(src, w, h, move |p| {
-                        let v = value(p[0]);
-                        [v, v, v]
-                    }),
-                }
-            };
-        }
-        macro_rules! colour_source {
-            ($s:literal) => {
-                match self.spec.color {
-                    Color::Gray => self.sample::<T, $s, 1>(src, w, h, move |p| {
-                        [0.299 * value(p[0]) + 0.587 * value(p[1]) + 0.114 * value(p[2])]
-                    }),
-                    Color::Rgb => {
-                        self.sample::<T, $s, 3>(src, w, h, move |p| [value(p[0]), value(p[1]), value(p[2])])
-                    }
-                    Color::Bgr => {
-                        self.sample::<T, $s, 3>(src, w, h, move |p| [value(p[2]), value(p[1]), value(p[0])])
-                    }
-                }
-            };
-        }
-        match format {
-            PixelFormat::Gray => gray_source!(1),
-            PixelFormat::GrayAlpha => gray_source!(2),
-            PixelFormat::Rgb => colour_source!(3),
-            PixelFormat::Rgba => colour_source!(4),
-        }
-    }
-
-    /// Samples the frame at every output position. Colour conversion and bilinear
-    /// interpolation are both linear, so converting the (at most four) source pixels each
-    /// output pixel reads equals converting the whole frame first, at a cost that follows
-    /// the model's input size rather than the camera's.
-    fn sample<T: Copy, const S: usize, const C: usize>(
-        &mut self,
-        src: &[T],
-        w: usize,
-        h: usize,
-        pixel: impl Fn(&[T; S]) -> [f32; C],
-    ) {
-        let at = |row: &[T], offset: usize| pixel(row[offset..offset + S].try_into().expect("S samples"));
-        let (out_h, out_w) = (self.spec.height(), self.spec.width());
-        let plane = out_h * out_w;
-        let (gain, bias) = (self.gain, self.bias);
-        if (w, h) == (out_w, out_h) {
-            // Same size: every resize mode is the identity.
-            for (k, px) in src.chunks_exact(S).enumerate() {
-                let v = pixel(px.try_into().expect("S samples"));
-                for c in 0..C {
-                    self.out[c * plane + k] = v[c] * gain[c] + bias[c];
-                }
-            }
-            return;
-        }
-        let mut channels = self.out.chunks_exact_mut(plane);
-        let planes: [&mut [f32]; C] = std::array::from_fn(|_| channels.next().expect("C planes"));
-        let (cols, row_len) = (&self.cols, w * S);
-        for (i, &(y0, y1, wy)) in self.rows.taps.iter().enumerate() {
-            let out_row = i * out_w..(i + 1) * out_w;
-            if i < self.rows.start || i >= self.rows.end {
-                for c in 0..C {
-                    planes[c][out_row.clone()].fill(bias[c]);
-                }
-                continue;
-            }
-            let r0 = &src[y0 * row_len..(y0 + 1) * row_len];
-            let r1 = &src[y1 * row_len..(y1 + 1) * row_len];
-            for c in 0..C {
-                planes[c][i * out_w..i * out_w + cols.start].fill(bias[c]);
-                planes[c][i * out_w + cols.end..(i + 1) * out_w].fill(bias[c]);
-            }
-            for (j, &(x0, x1, wx)) in cols.taps[cols.start..cols.end].iter().enumerate() {
-                let k = i * out_w + cols.start + j;
-                let (a, b) = (x0 * S, x1 * S);
-                let (p00, p01, p10, p11) = (at(r0, a), at(r0, b), at(r1, a), at(r1, b));
-                for c in 0..C {
-                    let top = p00[c] + wx * (p01[c] - p00[c]);
-                    let bottom = p10[c] + wx * (p11[c] - p10[c]);
-                    planes[c][k] = (top + wy * (bottom - top)) * gain[c] + bias[c];
-                }
-            }
+#[allow(clippy::too_many_arguments)]
+fn normalise<'o, T: Copy>(
+    rows: impl Iterator<Item = &'o mut [f32]>,
+    px: &[T],
+    channels: usize,
+    from: usize,
+    left: usize,
+    width: usize,
+    gain: f32,
+    bias: f32,
+    value: impl Fn(T) -> f32,
+) {
+    for (row, src) in rows.zip(px.chunks_exact(width * channels)) {
+        let dst = &mut row[left..left + width];
+        match channels {
+            1 => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = value(s) * gain + bias),
+            _ => dst
+                .iter_mut()
+                .zip(src.chunks_exact(channels))
+                .for_each(|(d, s)| *d = value(s[from]) * gain + bias),
         }
     }
 }
@@ -283,7 +188,7 @@ impl Preprocessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::card::Layout;
+    use crate::card::{Layout, Resize};
 
     fn spec(color: Color, resize: Resize, h: usize, w: usize) -> InputSpec {
         let c = color.channels();
@@ -294,6 +199,7 @@ mod tests {
             layout: Layout::Nchw,
             color,
             resize,
+            resample: Default::default(),
             scale: 1.0,
             mean: vec![0.0; c],
             std: vec![1.0; c],
@@ -318,14 +224,14 @@ mod tests {
     }
 
     #[test]
-    fn bgr_swaps_channels_and_gray_uses_luma() {
+    fn bgr_swaps_channels_and_gray_uses_pillow_luma() {
         let px = [10u8, 20, 30];
         let frame = Frame { width: 1, height: 1, format: PixelFormat::Rgb, samples: Samples::U8(&px) };
         let mut bgr = Preprocessor::new(&spec(Color::Bgr, Resize::Stretch, 1, 1));
         assert_eq!(bgr.run(&frame).unwrap(), &[30.0, 20.0, 10.0]);
         let mut gray = Preprocessor::new(&spec(Color::Gray, Resize::Stretch, 1, 1));
-        let v = gray.run(&frame).unwrap()[0];
-        assert!((v - (0.299 * 10.0 + 0.587 * 20.0 + 0.114 * 30.0)).abs() < 1e-4);
+        // Pillow's convert("L") rounds: 0.299·10 + 0.587·20 + 0.114·30 = 18.15 → 18.
+        assert_eq!(gray.run(&frame).unwrap(), &[18.0]);
     }
 
     #[test]
@@ -346,5 +252,54 @@ mod tests {
         let frame = Frame { width: 3, height: 2, format: PixelFormat::Gray, samples: Samples::U8(&px) };
         let mut p = Preprocessor::new(&spec(Color::Gray, Resize::Stretch, 2, 2));
         assert!(matches!(p.run(&frame), Err(PreprocessError::BadFrame { expected: 6, .. })));
+    }
+}
+
+#[cfg(test)]
+mod resample_tests {
+    use super::*;
+    use crate::card::{Layout, Resize};
+
+    fn spec(color: Color, resize: Resize, h: usize, w: usize) -> InputSpec {
+        let c = color.channels();
+        InputSpec {
+            name: "image".into(),
+            modality: "camera".into(),
+            shape: vec![1, c, h, w],
+            layout: Layout::Nchw,
+            color,
+            resize,
+            resample: Default::default(),
+            scale: 1.0,
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+            optional: false,
+        }
+    }
+
+    #[test]
+    fn shrinking_fine_stripes_averages_them_instead_of_aliasing() {
+        // 1-px black/white columns, 64 wide, to 8: every output pixel spans 8 columns (a
+        // 4-tap sampler gives 0 or 255 here). The values are Pillow's for the same resize.
+        let px: Vec<u8> = (0..64 * 4).map(|k| if k % 2 == 0 { 0 } else { 255 }).collect();
+        let frame = Frame { width: 64, height: 4, format: PixelFormat::Gray, samples: Samples::U8(&px) };
+        let mut p = Preprocessor::new(&spec(Color::Gray, Resize::Stretch, 1, 8));
+        let pillow = [123.0, 128.0, 128.0, 128.0, 128.0, 128.0, 128.0, 132.0];
+        let out = p.run(&frame).unwrap();
+        assert!(out.iter().zip(pillow).all(|(a, b)| (a - b).abs() <= 1.0), "{out:?}");
+    }
+
+    #[test]
+    fn sixteen_bit_gray_is_resized_at_16_bits_then_divided_by_257() {
+        let px = [65535u16, 0, 65535, 0];
+        let frame = Frame { width: 4, height: 1, format: PixelFormat::Gray, samples: Samples::U16(&px) };
+        let mut p = Preprocessor::new(&spec(Color::Rgb, Resize::Stretch, 1, 2));
+        // Pillow's I;16 resize of the same row gives [37449, 28086]; gray replicates to rgb.
+        let out = p.run(&frame).unwrap();
+        let pillow = [37449.0 / 257.0, 28086.0 / 257.0];
+        assert_eq!(out.len(), 6);
+        for (k, &v) in out.iter().enumerate() {
+            assert!((v - pillow[k % 2]).abs() <= 1.0 / 257.0, "{out:?}");
+        }
     }
 }

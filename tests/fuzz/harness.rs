@@ -198,6 +198,7 @@ fn preprocess_specs() -> &'static [InputSpec] {
             layout: Layout::Nchw,
             color,
             resize,
+            resample: Default::default(),
             scale: 1.0 / 255.0,
             mean: vec![0.5; color.channels()],
             std: vec![0.25; color.channels()],

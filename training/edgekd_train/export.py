@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from . import __version__
 from .card import write_card
+from .data.resample import RESAMPLE
 
 
 class ParityError(RuntimeError):
@@ -100,6 +101,7 @@ def build_card(
                 "layout": "NCHW",
                 "color": color,
                 "resize": "stretch",
+                "resample": RESAMPLE,
                 "scale": scale,
                 "mean": list(mean),
                 "std": list(std),

@@ -1,8 +1,8 @@
 """ImageFolder loader: ``root/<class>/*.png|jpg`` -> uint8 (N,C,S,S) + labels, via PIL.
 
-Classes are the sorted sub-folder names. Images are converted to the configured colour
-("gray" -> L, "rgb" -> RGB) and resized by stretching to ``size`` x ``size``: the card says
-``resize = "stretch"``, and the Rust preprocessing does the same at inference.
+Classes are the sorted sub-folder names. Each image goes through ``resample.model_uint8``
+(the card's definition: colour first, then Pillow's antialiased BILINEAR) to ``size`` x ``size``
+by stretching: the card says ``resize = "stretch"``, and the runtime does the same at inference.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from .resample import model_uint8
 
 EXTS = {".png", ".jpg", ".jpeg"}
 
@@ -34,7 +36,6 @@ def load_image_folder(
     extra = set(found) - set(classes)
     if extra:
         raise ImageFolderError(f"{root}: classes {sorted(extra)} are not in the training classes")
-    mode = {"gray": "L", "rgb": "RGB"}[color]
     images, labels = [], []
     for k, name in enumerate(classes):
         d = root / name
@@ -42,11 +43,9 @@ def load_image_folder(
         for p in files:
             try:
                 with Image.open(p) as im:
-                    im = im.convert(mode).resize((size, size), Image.BILINEAR)
-                    a = np.asarray(im, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as e:
+                    images.append(model_uint8(im, size, size, color, "stretch"))
+            except (UnidentifiedImageError, OSError, ValueError) as e:
                 raise ImageFolderError(f"{p}: cannot read image: {e}") from None
-            images.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
             labels.append(k)
     if not images:
         raise ImageFolderError(f"{root}: no .png/.jpg images found")

@@ -1,0 +1,199 @@
+//! The card's resampling definition, `bilinear-antialias`: a frame → the model's pixels at the
+//! model's size, before normalisation. Written once for training in
+//! `training/edgekd_train/data/resample.py` (the README has it in full); here it is computed by
+//! fast_image_resize, whose convolution is Pillow's (a triangle filter whose support grows with
+//! the scale when shrinking), so the box sees the tensor training saw to within a grey level.
+//!
+//! Colour is converted before resizing, in 8 bits, as Pillow's `convert("L")` does, because that
+//! is what the trainer does; gray → rgb replication and bgr reordering commute with resizing and
+//! are left to the normalisation. 16-bit gray is resized at 16 bits; 16-bit colour is first
+//! reduced to its high byte, which is what Pillow decodes it to.
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+
+use super::{Frame, PixelFormat, PreprocessError, Samples};
+use crate::card::{Color, Resize};
+
+/// Where the resized frame lies in the model's input: the content box (letterbox pads the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Placement {
+    pub top: usize,
+    pub left: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// The resized pixels, channel-interleaved, `placement.height × placement.width` of them.
+pub(super) enum Pixels<'a> {
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+}
+
+/// What one frame resamples to: its pixels, how many channels they interleave, and where they go.
+pub(super) struct Resampled<'a> {
+    pub pixels: Pixels<'a>,
+    pub channels: usize,
+    pub placement: Placement,
+}
+
+/// The plan for one frame geometry, kept until a frame of another size or format comes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Plan {
+    key: (usize, usize, PixelFormat, bool),
+    placement: Placement,
+    /// Pillow's `box` for center-crop, as fast_image_resize's crop (left, top, width, height).
+    crop: Option<(f64, f64, f64, f64)>,
+    /// The frame is already the content's size: nothing to resample.
+    identity: bool,
+}
+
+pub(super) struct Resampler {
+    color: Color,
+    resize: Resize,
+    out_h: usize,
+    out_w: usize,
+    resizer: Resizer,
+    plan: Option<Plan>,
+    /// The frame in 8 bits at its own size, when it needs converting first (to gray, or 16-bit
+    /// colour to 8 bits); reserved for the largest frame seen.
+    converted: Vec<u8>,
+    resized8: Vec<u8>,
+    resized16: Vec<u16>,
+}
+
+impl Resampler {
+    pub fn new(color: Color, resize: Resize, out_h: usize, out_w: usize) -> Resampler {
+        Resampler {
+            color,
+            resize,
+            out_h,
+            out_w,
+            resizer: Resizer::new(),
+            plan: None,
+            converted: Vec::new(),
+            resized8: Vec::new(),
+            resized16: Vec::new(),
+        }
+    }
+
+    fn plan(&self, w: usize, h: usize, key: (usize, usize, PixelFormat, bool)) -> Plan {
+        let (out_h, out_w) = (self.out_h, self.out_w);
+        let full = Placement { top: 0, left: 0, height: out_h, width: out_w };
+        let (placement, crop) = match self.resize {
+            Resize::Stretch => (full, None),
+            Resize::CenterCrop => {
+                let s = (w as f64 / out_w as f64).min(h as f64 / out_h as f64);
+                let (cw, ch) = (out_w as f64 * s, out_h as f64 * s);
+                let crop = ((w as f64 - cw) / 2.0, (h as f64 - ch) / 2.0, cw, ch);
+                (full, (crop != (0.0, 0.0, w as f64, h as f64)).then_some(crop))
+            }
+            Resize::Letterbox => {
+                let s = (w as f64 / out_w as f64).max(h as f64 / out_h as f64);
+                let nh = ((h as f64 / s + 0.5).floor() as usize).clamp(1, out_h);
+                let nw = ((w as f64 / s + 0.5).floor() as usize).clamp(1, out_w);
+                (Placement { top: (out_h - nh) / 2, left: (out_w - nw) / 2, height: nh, width: nw }, None)
+            }
+        };
+        let identity = (w, h) == (placement.width, placement.height) && crop.is_none();
+        Plan { key, placement, crop, identity }
+    }
+
+    /// Resamples `frame` (already checked: non-empty, sample count matching its size).
+    pub fn run<'a>(&'a mut self, frame: &Frame<'a>) -> Result<Resampled<'a>, PreprocessError> {
+        let (w, h, format) = (frame.width, frame.height, frame.format);
+        let wide = matches!(frame.samples, Samples::U16(_));
+        let key = (w, h, format, wide);
+        let plan = match self.plan {
+            Some(plan) if plan.key == key => plan,
+            _ => {
+                let plan = self.plan(w, h, key);
+                self.plan = Some(plan);
+                plan
+            }
+        };
+        let colour = matches!(format, PixelFormat::Rgb | PixelFormat::Rgba);
+        let to_gray = colour && self.color == Color::Gray;
+        // The source of the resize: the frame itself, or its 8-bit conversion.
+        let (source, channels) = match frame.samples {
+            Samples::U8(s) if !to_gray => (Pixels::U8(s), format.channels()),
+            Samples::U16(s) if !colour => (Pixels::U16(s), format.channels()),
+            samples => {
+                let channels = if to_gray { 1 } else { 3 };
+                self.converted.resize(w * h * channels, 0);
+                convert(samples, format, to_gray, &mut self.converted);
+                (Pixels::U8(&self.converted[..]), channels)
+            }
+        };
+        if plan.identity {
+            return Ok(Resampled { pixels: source, channels, placement: plan.placement });
+        }
+        let Placement { height: nh, width: nw, .. } = plan.placement;
+        let mut options =
+            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).use_alpha(false);
+        if let Some((left, top, width, height)) = plan.crop {
+            options = options.crop(left, top, width, height);
+        }
+        let fail = |e: &dyn std::fmt::Display| PreprocessError::Resample(e.to_string());
+        let (w32, h32, nw32, nh32) = (w as u32, h as u32, nw as u32, nh as u32);
+        let pixels = match source {
+            Pixels::U8(src) => {
+                let pixel_type =
+                    [PixelType::U8, PixelType::U8x2, PixelType::U8x3, PixelType::U8x4][channels - 1];
+                self.resized8.resize(nh * nw * channels, 0);
+                let src = ImageRef::new(w32, h32, src, pixel_type).map_err(|e| fail(&e))?;
+                let mut dst =
+                    Image::from_slice_u8(nw32, nh32, &mut self.resized8, pixel_type).map_err(|e| fail(&e))?;
+                self.resizer.resize(&src, &mut dst, &options).map_err(|e| fail(&e))?;
+                Pixels::U8(&self.resized8[..])
+            }
+            Pixels::U16(src) => {
+                let pixel_type = [PixelType::U16, PixelType::U16x2][channels - 1];
+                self.resized16.resize(nh * nw * channels, 0);
+                let src =
+                    ImageRef::new(w32, h32, bytemuck::cast_slice(src), pixel_type).map_err(|e| fail(&e))?;
+                let dst_bytes = bytemuck::cast_slice_mut(&mut self.resized16[..]);
+                let mut dst =
+                    Image::from_slice_u8(nw32, nh32, dst_bytes, pixel_type).map_err(|e| fail(&e))?;
+                self.resizer.resize(&src, &mut dst, &options).map_err(|e| fail(&e))?;
+                Pixels::U16(&self.resized16[..])
+            }
+        };
+        Ok(Resampled { pixels, channels, placement: plan.placement })
+    }
+}
+
+/// Pillow's `convert("L")` luma, in its own fixed point (ITU-R 601-2, rounded).
+fn luma(r: u8, g: u8, b: u8) -> u8 {
+    ((19595 * u32::from(r) + 38470 * u32::from(g) + 7471 * u32::from(b) + 0x8000) >> 16) as u8
+}
+
+/// A colour frame (8- or 16-bit; 16-bit to its high byte) into 8-bit gray or RGB, alpha dropped.
+/// (8-bit colour kept as colour is resized as it is and never comes here.)
+fn convert(samples: Samples, format: PixelFormat, to_gray: bool, out: &mut [u8]) {
+    let step = format.channels();
+    match samples {
+        Samples::U8(s) if to_gray => {
+            for (o, p) in out.iter_mut().zip(s.chunks_exact(step)) {
+                *o = luma(p[0], p[1], p[2]);
+            }
+        }
+        Samples::U16(s) if to_gray => {
+            for (o, p) in out.iter_mut().zip(s.chunks_exact(step)) {
+                *o = luma((p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8);
+            }
+        }
+        Samples::U16(s) => {
+            for (o, p) in out.chunks_exact_mut(3).zip(s.chunks_exact(step)) {
+                for c in 0..3 {
+                    o[c] = (p[c] >> 8) as u8;
+                }
+            }
+        }
+        Samples::U8(s) => {
+            for (o, p) in out.chunks_exact_mut(3).zip(s.chunks_exact(step)) {
+                o.copy_from_slice(&p[..3]);
+            }
+        }
+    }
+}
