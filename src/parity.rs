@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::classify::{self, ClassifierError};
 use crate::engine::{self, EngineKind, EngineOptions};
 use crate::model::Model;
 use crate::npy::{self, NpyArray};
@@ -19,6 +20,8 @@ pub enum ParityError {
     Reference { path: PathBuf, message: String },
     #[error("{0}")]
     Engine(#[from] engine::EngineError),
+    #[error("{0}")]
+    Model(#[from] ClassifierError),
 }
 
 /// Reference input/output tensors, loaded once and checked in every engine.
@@ -57,17 +60,15 @@ impl References {
             npy::read_f32(p, max)
                 .map_err(|e| ParityError::Reference { path: p.to_owned(), message: e.to_string() })
         };
-        let input_len: usize = model.card.inputs[0].tensor_len();
+        // A pair holds one input tensor, as the exporter writes them.
+        let spec = classify::single_input(model)?;
         let mut loaded = Vec::new();
         for (input_path, output_path) in pairs {
-            let input = read(input_path, input_len)?;
-            if input.data.len() != input_len {
+            let input = read(input_path, spec.tensor_len())?;
+            if input.data.len() != spec.tensor_len() {
                 return Err(ParityError::Reference {
                     path: input_path.clone(),
-                    message: format!(
-                        "shape {:?} does not fit the model input {:?}",
-                        input.shape, model.card.inputs[0].shape
-                    ),
+                    message: format!("shape {:?} does not fit the model input {:?}", input.shape, spec.shape),
                 });
             }
             loaded.push((

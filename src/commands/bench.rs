@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use edge_kd::bench::{self, BenchEvent, BenchOptions};
+use edge_kd::bench::{self, BenchError, BenchEvent, BenchOptions};
 use edge_kd::engine::{self, EngineKind};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -78,7 +78,10 @@ pub fn run(args: Args) -> Result<u8, Failure> {
             bar.set_position(done as u64);
         }
     })
-    .map_err(|e| Failure::usage(anyhow::anyhow!(e)))?;
+    .map_err(|e| match e {
+        BenchError::Frame { .. } | BenchError::SixteenBitFrame { .. } => Failure::usage(e),
+        _ => Failure::model(e),
+    })?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
