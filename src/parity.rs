@@ -2,6 +2,7 @@
 //! the outputs compared with the stored reference outputs (PyTorch's or onnxruntime's).
 
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use thiserror::Error;
 
@@ -9,6 +10,25 @@ use crate::classify::{self, ClassifierError};
 use crate::engine::{self, EngineKind, EngineOptions};
 use crate::model::Model;
 use crate::npy::{self, NpyArray};
+
+/// `docs/parity.toml`, the one definition of the tolerance, shared with the Python exporter.
+const TOLERANCE_FILE: &str = include_str!("../docs/parity.toml");
+
+/// The largest absolute difference from the reference logits an engine may show
+/// (`docs/parity.toml`).
+pub fn tolerance() -> f32 {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        max_abs_diff: f32,
+    }
+    static TOLERANCE: LazyLock<f32> = LazyLock::new(|| {
+        // The file is part of the build, and this module's tests parse it: a broken one
+        // fails `cargo test`, never a user's command.
+        toml::from_str::<File>(TOLERANCE_FILE).expect("docs/parity.toml: max_abs_diff = <float>").max_abs_diff
+    });
+    *TOLERANCE
+}
 
 /// A classifier's reference output is a row of logits; 16M values (64 MiB) is far past any
 /// label set, and keeps a corrupt reference file from taking the box's memory.
@@ -112,5 +132,14 @@ impl References {
             worst = worst.max(if diff.is_nan() { f32::INFINITY } else { diff });
         }
         Ok(worst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_shared_tolerance_parses_to_a_small_positive_number() {
+        let tol = super::tolerance();
+        assert!(tol > 0.0 && tol < 1e-2, "docs/parity.toml: max_abs_diff = {tol}");
     }
 }
