@@ -134,8 +134,9 @@ fn load_frame(input: &InputSpec, path: Option<&PathBuf>) -> Result<BenchFrame, B
     match path {
         Some(path) => {
             let mut decoder = ImageFileDecoder::new();
-            let frame =
-                decoder.decode_file(path).map_err(|source| BenchError::Frame { path: path.clone(), source })?;
+            let frame = decoder
+                .decode_file(path)
+                .map_err(|source| BenchError::Frame { path: path.clone(), source })?;
             let pixels = match frame.samples {
                 Samples::U8(s) => s.to_vec(),
                 Samples::U16(_) => return Err(BenchError::SixteenBitFrame { path: path.clone() }),
@@ -216,9 +217,9 @@ fn bench_one(
     let rss_reset = machine::reset_peak_rss();
     let load_start = Instant::now();
     let engine_opts = EngineOptions { kind, threads, ort_library: opts.ort_library.clone() };
-    let classifier = engine::open(model, &engine_opts).map_err(BenchError::from).and_then(|e| {
-        Ok(Classifier::new(model, e, DecideOptions::default(), ImageLimits::default())?)
-    });
+    let classifier = engine::open(model, &engine_opts)
+        .map_err(BenchError::from)
+        .and_then(|e| Ok(Classifier::new(model, e, DecideOptions::default(), ImageLimits::default())?));
     let mut classifier = match classifier {
         Ok(c) => c,
         Err(e) => {

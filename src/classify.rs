@@ -339,7 +339,11 @@ fn check_tensor(spec: &InputSpec, shape: &[usize], data: &[f32]) -> Result<(), V
         return Err(ValueError::TensorShape { got: shape.to_vec(), expected: expected.clone() });
     }
     if data.len() != spec.tensor_len() {
-        return Err(ValueError::TensorLen { shape: shape.to_vec(), got: data.len(), expected: spec.tensor_len() });
+        return Err(ValueError::TensorLen {
+            shape: shape.to_vec(),
+            got: data.len(),
+            expected: spec.tensor_len(),
+        });
     }
     Ok(())
 }

@@ -59,7 +59,10 @@ fn a_two_input_model_classifies_tensors_like_onnxruntime_in_python_in_both_engin
         assert_same(&got, &want, edge_kd::parity::tolerance(), &format!("{kind}"));
         // The same tensors fed in the other order are another frame, not the same answer.
         let swapped = c.classify(&[tensor(&depth), tensor(&image)]).unwrap_err();
-        assert!(swapped.to_string().starts_with("input \"image\": tensor of shape [1, 1, 12, 20]"), "{swapped}");
+        assert!(
+            swapped.to_string().starts_with("input \"image\": tensor of shape [1, 1, 12, 20]"),
+            "{swapped}"
+        );
     }
 }
 
@@ -121,7 +124,10 @@ fn tensors_are_checked_against_their_own_input_and_the_error_names_it() {
     );
     let short = InputValue::Tensor { shape: &depth.shape, data: &depth.data[1..] };
     let err = c.classify(&[tensor(&image), short]).unwrap_err();
-    assert_eq!(err.to_string(), "input \"depth\": tensor of shape [1, 1, 12, 20] holds 239 values, not the 240 its shape has");
+    assert_eq!(
+        err.to_string(),
+        "input \"depth\": tensor of shape [1, 1, 12, 20] holds 239 values, not the 240 its shape has"
+    );
     let err = c.classify(&[tensor(&image)]).unwrap_err();
     assert_eq!(err.to_string(), "the model takes 2 inputs (image (camera), depth (depth)) but 1 were given");
     // After errors the classifier still classifies.
@@ -131,13 +137,17 @@ fn tensors_are_checked_against_their_own_input_and_the_error_names_it() {
 #[test]
 fn the_one_value_entry_points_refuse_a_two_input_model_before_any_frame() {
     let model = open("two_input");
-    let engine = engine::open(&model, &EngineOptions { kind: EngineKind::Tract, threads: 1, ort_library: None })
-        .unwrap();
+    let engine =
+        engine::open(&model, &EngineOptions { kind: EngineKind::Tract, threads: 1, ort_library: None })
+            .unwrap();
     let Err(err) = Classifier::new(&model, engine, DecideOptions::default(), ImageLimits::default()) else {
         panic!("a two-input model was accepted by the one-value constructor");
     };
     assert!(matches!(err, ClassifierError::Multimodal { count: 2, .. }));
-    assert!(err.to_string().contains("two_input.onnx: the model has 2 inputs (image (camera), depth (depth))"), "{err}");
+    assert!(
+        err.to_string().contains("two_input.onnx: the model has 2 inputs (image (camera), depth (depth))"),
+        "{err}"
+    );
     // Built for several inputs, a one-value call says what it lacks.
     let mut c = classifier(&model, EngineKind::Tract);
     let err = c.classify_encoded(&std::fs::read(fixture("images/rgb_50x30.png")).unwrap()).unwrap_err();

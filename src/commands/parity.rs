@@ -56,8 +56,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     }
     let mut all_ok = true;
     for kind in selection.engines {
-        let worst =
-            references.max_abs_diff(&model, kind, args.model.ort_lib.as_deref()).map_err(failure)?;
+        let worst = references.max_abs_diff(&model, kind, args.model.ort_lib.as_deref()).map_err(failure)?;
         let ok = worst <= args.tol;
         all_ok &= ok;
         println!(

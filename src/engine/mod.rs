@@ -119,3 +119,16 @@ pub fn open(model: &Model, opts: &EngineOptions) -> Result<Box<dyn Engine>, Engi
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_engines_are_used_as_named_and_none_means_the_default_and_ort_when_found() {
+        let named = select(&[EngineKind::Ort], Some(std::path::Path::new("/nowhere/libonnxruntime.so")));
+        assert_eq!(named, Selection { engines: vec![EngineKind::Ort], ort_not_found: false });
+        let unnamed = select(&[], Some(std::path::Path::new("/nowhere/libonnxruntime.so")));
+        assert_eq!(unnamed, Selection { engines: vec![EngineKind::DEFAULT], ort_not_found: true });
+    }
+}
