@@ -219,11 +219,15 @@ impl Classifier {
             });
         }
         let t0 = Instant::now();
+        // A one-input model's errors read as they always have; with several, each names its input.
         let named = self.slots.len() > 1;
         for (slot, value) in self.slots.iter_mut().zip(values) {
-            feed(slot, &mut self.decoder, value).map_err(|error| match named {
-                true => InputError::OfInput { input: slot.spec.name.clone(), error },
-                false => InputError::Value(error),
+            feed(slot, &mut self.decoder, value).map_err(|error| {
+                if named {
+                    InputError::OfInput { input: slot.spec.name.clone(), error }
+                } else {
+                    InputError::Value(error)
+                }
             })?;
         }
         let t1 = Instant::now();
