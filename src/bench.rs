@@ -237,7 +237,7 @@ fn bench_one(
             progress(BenchEvent::Step { done, total });
         }
     };
-    let result: Result<(), InputError> = (|| {
+    let result: Result<(), BenchError> = (|| {
         for _ in 0..opts.warmup {
             classifier.classify_frame(&frame)?;
             step(progress);
