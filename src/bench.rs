@@ -5,13 +5,30 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use thiserror::Error;
 
-use crate::classify::{Classifier, DecideOptions};
-use crate::engine::{self, EngineKind, EngineOptions};
+use crate::card::InputSpec;
+use crate::classify::{self, Classifier, ClassifierError, DecideOptions, InputError};
+use crate::engine::{self, EngineError, EngineKind, EngineOptions};
 use crate::machine::{self, Machine};
 use crate::model::Model;
-use crate::preprocess::decode::{ImageFileDecoder, ImageLimits};
+use crate::preprocess::decode::{DecodeError, ImageFileDecoder, ImageLimits};
 use crate::preprocess::{Frame, PixelFormat, Samples};
+
+/// Why a benchmark, or one engine × threads configuration of it, could not run.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("{path}: {source}")]
+    Frame { path: PathBuf, source: DecodeError },
+    #[error("{path}: a 16-bit image; use an 8-bit image as the frame")]
+    SixteenBitFrame { path: PathBuf },
+    #[error("{0}")]
+    Model(#[from] ClassifierError),
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Input(#[from] InputError),
+}
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -113,17 +130,16 @@ impl BenchFrame {
     }
 }
 
-fn load_frame(model: &Model, path: Option<&PathBuf>) -> Result<BenchFrame, String> {
-    let input = &model.card.inputs[0];
+fn load_frame(input: &InputSpec, path: Option<&PathBuf>) -> Result<BenchFrame, BenchError> {
     match path {
         Some(path) => {
             let mut decoder = ImageFileDecoder::new();
-            let frame = decoder.decode_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let frame = decoder
+                .decode_file(path)
+                .map_err(|source| BenchError::Frame { path: path.clone(), source })?;
             let pixels = match frame.samples {
                 Samples::U8(s) => s.to_vec(),
-                Samples::U16(_) => {
-                    return Err(format!("{}: use an 8-bit image as the frame", path.display()));
-                }
+                Samples::U16(_) => return Err(BenchError::SixteenBitFrame { path: path.clone() }),
             };
             Ok(BenchFrame {
                 width: frame.width,
@@ -155,8 +171,10 @@ pub fn run(
     model: &Model,
     opts: &BenchOptions,
     progress: &mut dyn FnMut(BenchEvent),
-) -> Result<BenchReport, String> {
-    let frame = load_frame(model, opts.frame.as_ref())?;
+) -> Result<BenchReport, BenchError> {
+    // One frame per iteration: a model with several inputs is refused before any is measured.
+    let input = classify::single_input(model)?;
+    let frame = load_frame(input, opts.frame.as_ref())?;
     let configs: Vec<(EngineKind, usize)> =
         opts.engines.iter().flat_map(|&e| opts.threads.iter().map(move |&t| (e, t))).collect();
     let mut rows = Vec::new();
@@ -169,7 +187,7 @@ pub fn run(
         date: machine::utc_now(),
         machine: Machine::detect(),
         model: model.to_string(),
-        input_shape: model.card.inputs[0].shape.clone(),
+        input_shape: input.shape.clone(),
         frame: frame.description.clone(),
         iters: opts.iters,
         warmup: opts.warmup,
@@ -199,13 +217,13 @@ fn bench_one(
     let rss_reset = machine::reset_peak_rss();
     let load_start = Instant::now();
     let engine_opts = EngineOptions { kind, threads, ort_library: opts.ort_library.clone() };
-    let classifier = engine::open(model, &engine_opts).map_err(|e| e.to_string()).and_then(|e| {
-        Classifier::new(model, e, DecideOptions::default(), ImageLimits::default()).map_err(|e| e.to_string())
-    });
+    let classifier = engine::open(model, &engine_opts)
+        .map_err(BenchError::from)
+        .and_then(|e| Ok(Classifier::new(model, e, DecideOptions::default(), ImageLimits::default())?));
     let mut classifier = match classifier {
         Ok(c) => c,
         Err(e) => {
-            row.error = Some(e);
+            row.error = Some(e.to_string());
             return row;
         }
     };
@@ -219,15 +237,15 @@ fn bench_one(
             progress(BenchEvent::Step { done, total });
         }
     };
-    let result: Result<(), String> = (|| {
+    let result: Result<(), BenchError> = (|| {
         for _ in 0..opts.warmup {
-            classifier.classify_frame(&frame).map_err(|e| e.to_string())?;
+            classifier.classify_frame(&frame)?;
             step(progress);
         }
         let mut engine_times = Vec::with_capacity(opts.iters);
         for _ in 0..opts.iters {
             let start = Instant::now();
-            classifier.run_engine_on_last_input().map_err(|e| e.to_string())?;
+            classifier.run_engine_on_last_input()?;
             engine_times.push(start.elapsed());
             step(progress);
         }
@@ -236,7 +254,7 @@ fn bench_one(
         let mut engine_in_pipeline = Vec::with_capacity(opts.iters);
         for _ in 0..opts.iters {
             let start = Instant::now();
-            let (_, stages) = classifier.classify_frame_timed(&frame).map_err(|e| e.to_string())?;
+            let (_, stages) = classifier.classify_frame_timed(&frame)?;
             totals.push(start.elapsed());
             overheads.push(stages.preprocess + stages.decide);
             engine_in_pipeline.push(stages.engine);
@@ -250,7 +268,7 @@ fn bench_one(
         row.overhead_pct = (engine_p50 > 0.0).then(|| 100.0 * overhead / engine_p50);
         Ok(())
     })();
-    row.error = result.err();
+    row.error = result.err().map(|e| e.to_string());
     if rss_reset {
         row.peak_rss_mib = machine::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0));
     }

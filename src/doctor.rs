@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::classify::{Classifier, DecideOptions};
+use crate::classify::{Classifier, DecideOptions, InputValue};
 use crate::distill;
 use crate::engine::{self, EngineKind, EngineOptions, ort_library};
 use crate::machine::Machine;
@@ -59,14 +59,24 @@ fn try_engine(kind: EngineKind, ort_lib: Option<&Path>) -> Result<String, String
         engine::open(&model, &EngineOptions { kind, threads: 1, ort_library: ort_lib.map(Path::to_owned) })
             .map_err(|e| e.to_string())?;
     let load = start.elapsed();
-    let mut classifier = Classifier::new(&model, engine, DecideOptions::default(), ImageLimits::default())
-        .map_err(|e| e.to_string())?;
-    let input = &model.card.inputs[0];
-    let pixels = vec![128u8; input.width() * input.height() * input.channels()];
-    let format = if input.channels() == 1 { PixelFormat::Gray } else { PixelFormat::Rgb };
-    let frame = Frame { width: input.width(), height: input.height(), format, samples: Samples::U8(&pixels) };
+    let mut classifier =
+        Classifier::multimodal(&model, engine, DecideOptions::default(), ImageLimits::default())
+            .map_err(|e| e.to_string())?;
+    // A mid-grey frame of each input's size and colour.
+    let inputs = &model.card.inputs;
+    let pixels: Vec<Vec<u8>> =
+        inputs.iter().map(|i| vec![128u8; i.width() * i.height() * i.channels()]).collect();
+    let frames: Vec<Frame> = (inputs.iter().zip(&pixels))
+        .map(|(i, p)| Frame {
+            width: i.width(),
+            height: i.height(),
+            format: if i.channels() == 1 { PixelFormat::Gray } else { PixelFormat::Rgb },
+            samples: Samples::U8(p),
+        })
+        .collect();
+    let values: Vec<InputValue> = frames.iter().map(InputValue::Frame).collect();
     let start = Instant::now();
-    classifier.classify_frame(&frame).map_err(|e| e.to_string())?;
+    classifier.classify(&values).map_err(|e| e.to_string())?;
     let detail = format!(
         "ran the default student (load {:.0} ms, first frame {:.2} ms)",
         load.as_secs_f64() * 1e3,

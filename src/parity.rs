@@ -2,12 +2,33 @@
 //! the outputs compared with the stored reference outputs (PyTorch's or onnxruntime's).
 
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use thiserror::Error;
 
+use crate::classify::{self, ClassifierError};
 use crate::engine::{self, EngineKind, EngineOptions};
 use crate::model::Model;
 use crate::npy::{self, NpyArray};
+
+/// `docs/parity.toml`, the one definition of the tolerance, shared with the Python exporter.
+const TOLERANCE_FILE: &str = include_str!("../docs/parity.toml");
+
+/// The largest absolute difference from the reference logits an engine may show
+/// (`docs/parity.toml`).
+pub fn tolerance() -> f32 {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        max_abs_diff: f32,
+    }
+    static TOLERANCE: LazyLock<f32> = LazyLock::new(|| {
+        // The file is part of the build, and this module's tests parse it: a broken one
+        // fails `cargo test`, never a user's command.
+        toml::from_str::<File>(TOLERANCE_FILE).expect("docs/parity.toml: max_abs_diff = <float>").max_abs_diff
+    });
+    *TOLERANCE
+}
 
 /// A classifier's reference output is a row of logits; 16M values (64 MiB) is far past any
 /// label set, and keeps a corrupt reference file from taking the box's memory.
@@ -19,6 +40,8 @@ pub enum ParityError {
     Reference { path: PathBuf, message: String },
     #[error("{0}")]
     Engine(#[from] engine::EngineError),
+    #[error("{0}")]
+    Model(#[from] ClassifierError),
 }
 
 /// Reference input/output tensors, loaded once and checked in every engine.
@@ -57,17 +80,15 @@ impl References {
             npy::read_f32(p, max)
                 .map_err(|e| ParityError::Reference { path: p.to_owned(), message: e.to_string() })
         };
-        let input_len: usize = model.card.inputs[0].tensor_len();
+        // A pair holds one input tensor, as the exporter writes them.
+        let spec = classify::single_input(model)?;
         let mut loaded = Vec::new();
         for (input_path, output_path) in pairs {
-            let input = read(input_path, input_len)?;
-            if input.data.len() != input_len {
+            let input = read(input_path, spec.tensor_len())?;
+            if input.data.len() != spec.tensor_len() {
                 return Err(ParityError::Reference {
                     path: input_path.clone(),
-                    message: format!(
-                        "shape {:?} does not fit the model input {:?}",
-                        input.shape, model.card.inputs[0].shape
-                    ),
+                    message: format!("shape {:?} does not fit the model input {:?}", input.shape, spec.shape),
                 });
             }
             loaded.push((
@@ -111,5 +132,14 @@ impl References {
             worst = worst.max(if diff.is_nan() { f32::INFINITY } else { diff });
         }
         Ok(worst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_shared_tolerance_parses_to_a_small_positive_number() {
+        let tol = super::tolerance();
+        assert!(tol > 0.0 && tol < 1e-2, "docs/parity.toml: max_abs_diff = {tol}");
     }
 }

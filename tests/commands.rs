@@ -147,3 +147,88 @@ fn help_has_examples() {
         edge_kd().args([sub, "--help"]).assert().success().stdout(predicate::str::contains("Example"));
     }
 }
+
+#[test]
+fn run_bench_and_parity_refuse_a_two_input_model_naming_its_inputs() {
+    let model = fixture("models/two_input.onnx");
+    let named = "two_input.onnx: the model has 2 inputs (image (camera), depth (depth))";
+    edge_kd()
+        .args(["run", "--model"])
+        .arg(&model)
+        .arg(fixture("images/rgb_50x30.png"))
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(named));
+    edge_kd()
+        .args(["bench", "--engine", "tract", "--iters", "1", "--model"])
+        .arg(&model)
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(named));
+    edge_kd()
+        .args(["parity", "--model"])
+        .arg(&model)
+        .arg(format!(
+            "{}:{}",
+            fixture("models/two_input.image.npy").display(),
+            fixture("models/two_input.output.npy").display()
+        ))
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains(named));
+}
+
+#[test]
+fn without_engine_bench_and_parity_run_the_default_and_say_ort_was_not_found() {
+    let reference = root().join("models/default/reference");
+    edge_kd()
+        .env("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so")
+        .arg("parity")
+        .arg(&reference)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::is_match(r"tract\s+ok")
+                .unwrap()
+                .and(predicate::str::contains("ort    skipped: ONNX Runtime library not found")),
+        );
+    let output = edge_kd()
+        .env("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so")
+        .args(["bench", "--threads", "1", "--iters", "2", "--warmup", "0", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ONNX Runtime not found, measuring tract only"));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let engines: Vec<&str> =
+        report["rows"].as_array().unwrap().iter().map(|r| r["engine"].as_str().unwrap()).collect();
+    assert_eq!(engines, [edge_kd::engine::EngineKind::DEFAULT.as_str()]);
+}
+
+#[test]
+fn parity_and_the_python_exporter_hold_engines_to_the_same_tolerance() {
+    let tol = edge_kd::parity::tolerance();
+    let python = root().join(".venv/bin/python");
+    assert!(python.exists(), "run `bash .ci/setup` first: it creates .venv with edgekd_train");
+    let out = std::process::Command::new(python)
+        .env("PYTHONPATH", root().join("training"))
+        .env_remove("EDGEKD_PARITY_FILE")
+        .args(["-c", "from edgekd_train.export import parity_tolerance; print(repr(parity_tolerance()))"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let python_tol: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(python_tol as f32, tol, "the exporter and the runtime read docs/parity.toml differently");
+    // `parity` without --tol holds engines to it, and says so.
+    edge_kd()
+        .args(["parity", "--engine", "tract"])
+        .arg(root().join("models/default/reference"))
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("(tolerance {tol:.1e})")));
+    edge_kd()
+        .args(["parity", "--help"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!("[default: {tol}]")));
+}

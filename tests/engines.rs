@@ -1,5 +1,5 @@
 //! Both engines give the same outputs as the reference on every fixture model, and as
-//! each other (design: max abs diff ≤ 1e-4).
+//! each other (max abs diff ≤ docs/parity.toml's tolerance, 1e-4).
 
 mod common;
 
@@ -7,8 +7,7 @@ use common::*;
 use edge_kd::engine::{self, EngineKind, EngineOptions};
 use edge_kd::model::{CardlessOptions, Model};
 use edge_kd::npy;
-
-const TOLERANCE: f32 = 1e-4;
+use edge_kd::parity::tolerance;
 
 fn outputs(model: &Model, kind: EngineKind, threads: usize, input: &[f32]) -> Vec<f32> {
     let opts = EngineOptions { kind, threads, ort_library: Some(ort_library()) };
@@ -31,12 +30,12 @@ fn every_fixture_model_matches_its_reference_in_both_engines() {
         let expected = npy::read_f32(&fixture(&format!("models/{name}.output.npy")), usize::MAX).unwrap();
         let tract = outputs(&model, EngineKind::Tract, 1, &input.data);
         let ort = outputs(&model, EngineKind::Ort, 1, &input.data);
-        assert!(max_abs_diff(&tract, &expected.data) <= TOLERANCE, "{name}: tract vs reference");
-        assert!(max_abs_diff(&ort, &expected.data) <= TOLERANCE, "{name}: ort vs reference");
-        assert!(max_abs_diff(&tract, &ort) <= TOLERANCE, "{name}: tract vs ort");
+        assert!(max_abs_diff(&tract, &expected.data) <= tolerance(), "{name}: tract vs reference");
+        assert!(max_abs_diff(&ort, &expected.data) <= tolerance(), "{name}: ort vs reference");
+        assert!(max_abs_diff(&tract, &ort) <= tolerance(), "{name}: tract vs ort");
         // Threads change scheduling, not results.
         let tract2 = outputs(&model, EngineKind::Tract, 2, &input.data);
-        assert!(max_abs_diff(&tract, &tract2) <= TOLERANCE, "{name}: tract 1 vs 2 threads");
+        assert!(max_abs_diff(&tract, &tract2) <= tolerance(), "{name}: tract 1 vs 2 threads");
     }
 }
 
@@ -50,7 +49,7 @@ fn the_default_student_reproduces_pytorch() {
         for kind in EngineKind::ALL {
             let got = outputs(&model, kind, 1, &input.data);
             let diff = max_abs_diff(&got, &expected.data);
-            assert!(diff <= TOLERANCE, "{kind} on input_{k}: max abs diff {diff}");
+            assert!(diff <= tolerance(), "{kind} on input_{k}: max abs diff {diff}");
         }
     }
 }

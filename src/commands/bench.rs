@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use edge_kd::bench::{self, BenchEvent, BenchOptions};
+use edge_kd::bench::{self, BenchError, BenchEvent, BenchOptions};
 use edge_kd::engine::{self, EngineKind};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -44,17 +44,12 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<u8, Failure> {
     let model = args.model.load()?;
-    let engines = if args.engine.is_empty() {
-        let found = engine::available(args.model.ort_lib.as_deref());
-        if !found.contains(&EngineKind::Ort) {
-            eprintln!("edge-kd: ONNX Runtime not found, measuring tract only (`edge-kd doctor` says why)");
-        }
-        found
-    } else {
-        args.engine.clone()
-    };
+    let selection = engine::select(&args.engine, args.model.ort_lib.as_deref());
+    if selection.ort_not_found {
+        eprintln!("edge-kd: ONNX Runtime not found, measuring tract only (`edge-kd doctor` says why)");
+    }
     let opts = BenchOptions {
-        engines,
+        engines: selection.engines,
         threads: args.threads.iter().map(|&t| usize::from(t)).collect(),
         iters: args.iters as usize,
         warmup: args.warmup as usize,
@@ -78,7 +73,10 @@ pub fn run(args: Args) -> Result<u8, Failure> {
             bar.set_position(done as u64);
         }
     })
-    .map_err(|e| Failure::usage(anyhow::anyhow!(e)))?;
+    .map_err(|e| match e {
+        BenchError::Frame { .. } | BenchError::SixteenBitFrame { .. } => Failure::usage(e),
+        _ => Failure::model(e),
+    })?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));

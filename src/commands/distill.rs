@@ -8,14 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use anyhow::anyhow;
 use edge_kd::distill::{self, Device, Event, Job, Summary};
-use edge_kd::engine::{self, EngineKind};
+use edge_kd::engine;
 use edge_kd::model::{CardlessOptions, Model};
-use edge_kd::parity::References;
+use edge_kd::parity::{self, References};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::{Failure, exit};
 
-const PARITY_TOLERANCE: f32 = 1e-4;
 /// Conventional exit status of a process stopped by SIGINT.
 const INTERRUPTED: u8 = 130;
 
@@ -198,10 +197,11 @@ fn report(s: &Summary, out: &std::path::Path, ort_lib: Option<&std::path::Path>)
     }
     let mut all_ok = true;
     let mut results = Vec::new();
-    for kind in engine::available(ort_lib) {
+    let selection = engine::select(&[], ort_lib);
+    for kind in selection.engines {
         match references.max_abs_diff(&model, kind, ort_lib) {
             Ok(diff) => {
-                let ok = diff <= PARITY_TOLERANCE;
+                let ok = diff <= parity::tolerance();
                 all_ok &= ok;
                 results.push(format!("{kind} {diff:.1e} {}", if ok { "ok" } else { "FAIL" }));
             }
@@ -211,13 +211,14 @@ fn report(s: &Summary, out: &std::path::Path, ort_lib: Option<&std::path::Path>)
             }
         }
     }
-    if !engine::available(ort_lib).contains(&EngineKind::Ort) {
+    if selection.ort_not_found {
         results.push("ort not checked (library not found; `edge-kd doctor`)".into());
     }
     println!(
-        "  parity       {} (max abs diff vs PyTorch over {} inputs, tolerance {PARITY_TOLERANCE:.0e})",
+        "  parity       {} (max abs diff vs PyTorch over {} inputs, tolerance {:.0e})",
         results.join(", "),
-        references.len()
+        references.len(),
+        parity::tolerance()
     );
     println!("  files        {}", out.display());
     Ok(all_ok)

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
 use edge_kd::engine::{self, EngineKind};
-use edge_kd::parity::{ParityError, References};
+use edge_kd::parity::{self, ParityError, References};
 
 use super::ModelArgs;
 use crate::{Failure, exit};
@@ -26,8 +26,8 @@ pub struct Args {
     /// Engines to check, comma-separated [default: tract, and ort when its library is found].
     #[arg(short, long, value_delimiter = ',')]
     engine: Vec<EngineKind>,
-    /// Largest absolute difference allowed.
-    #[arg(long, default_value_t = 1e-4)]
+    /// Largest absolute difference allowed [default: docs/parity.toml's, shared with the exporter].
+    #[arg(long, default_value_t = parity::tolerance())]
     tol: f32,
 }
 
@@ -49,23 +49,14 @@ fn expand_pairs(specs: &[String]) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
 pub fn run(args: Args) -> Result<u8, Failure> {
     let model = args.model.load()?;
     let pairs = expand_pairs(&args.pairs)?;
-    let references = References::load(&pairs, &model).map_err(Failure::usage)?;
-    let engines = if args.engine.is_empty() {
-        let found = engine::available(args.model.ort_lib.as_deref());
-        if !found.contains(&EngineKind::Ort) {
-            println!("ort    skipped: ONNX Runtime library not found (`edge-kd doctor` says why)");
-        }
-        found
-    } else {
-        args.engine.clone()
-    };
+    let references = References::load(&pairs, &model).map_err(failure)?;
+    let selection = engine::select(&args.engine, args.model.ort_lib.as_deref());
+    if selection.ort_not_found {
+        println!("ort    skipped: ONNX Runtime library not found (`edge-kd doctor` says why)");
+    }
     let mut all_ok = true;
-    for kind in engines {
-        let worst =
-            references.max_abs_diff(&model, kind, args.model.ort_lib.as_deref()).map_err(|e| match e {
-                ParityError::Engine(e) => Failure::model(e),
-                other => Failure::usage(other),
-            })?;
+    for kind in selection.engines {
+        let worst = references.max_abs_diff(&model, kind, args.model.ort_lib.as_deref()).map_err(failure)?;
         let ok = worst <= args.tol;
         all_ok &= ok;
         println!(
@@ -78,4 +69,12 @@ pub fn run(args: Args) -> Result<u8, Failure> {
         );
     }
     Ok(if all_ok { exit::OK } else { exit::MODEL })
+}
+
+/// A model or engine that cannot be used is a model problem; a bad reference file, usage.
+fn failure(e: ParityError) -> Failure {
+    match e {
+        ParityError::Engine(_) | ParityError::Model(_) => Failure::model(e),
+        ParityError::Reference { .. } => Failure::usage(e),
+    }
 }

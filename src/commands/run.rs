@@ -40,7 +40,7 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
     /// Inference engine.
-    #[arg(short, long, default_value = "tract")]
+    #[arg(short, long, default_value_t = EngineKind::DEFAULT)]
     engine: EngineKind,
     /// Output format [default: table on a terminal, jsonl when piped].
     #[arg(short, long)]

@@ -32,6 +32,8 @@ pub enum EngineKind {
 
 impl EngineKind {
     pub const ALL: [EngineKind; 2] = [EngineKind::Tract, EngineKind::Ort];
+    /// The engine used when none is named: compiled into every build, so it always loads.
+    pub const DEFAULT: EngineKind = EngineKind::Tract;
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -80,13 +82,27 @@ pub trait Engine: Send {
     fn run(&mut self, inputs: &[&[f32]], out: &mut Vec<f32>) -> Result<(), EngineError>;
 }
 
-/// The engines this box can run: tract always, ONNX Runtime when its library is found.
-pub fn available(ort_library: Option<&std::path::Path>) -> Vec<EngineKind> {
-    let mut engines = vec![EngineKind::Tract];
-    if cfg!(feature = "ort") && ort_library::locate(ort_library).is_ok() {
+/// The engines a command that checks or measures every engine (`bench`, `parity`,
+/// `distill`) runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub engines: Vec<EngineKind>,
+    /// None were named and ONNX Runtime was left out because its library was not found.
+    pub ort_not_found: bool,
+}
+
+/// The engines named, or when none are, every engine this box can run: the default always,
+/// ONNX Runtime when its library is found.
+pub fn select(named: &[EngineKind], ort_library: Option<&std::path::Path>) -> Selection {
+    if !named.is_empty() {
+        return Selection { engines: named.to_vec(), ort_not_found: false };
+    }
+    let mut engines = vec![EngineKind::DEFAULT];
+    let ort_found = cfg!(feature = "ort") && ort_library::locate(ort_library).is_ok();
+    if ort_found {
         engines.push(EngineKind::Ort);
     }
-    engines
+    Selection { engines, ort_not_found: !ort_found }
 }
 
 pub fn open(model: &Model, opts: &EngineOptions) -> Result<Box<dyn Engine>, EngineError> {
@@ -101,5 +117,18 @@ pub fn open(model: &Model, opts: &EngineOptions) -> Result<Box<dyn Engine>, Engi
              rebuild with `--features ort` or use --engine tract"
                 .into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_engines_are_used_as_named_and_none_means_the_default_and_ort_when_found() {
+        let named = select(&[EngineKind::Ort], Some(std::path::Path::new("/nowhere/libonnxruntime.so")));
+        assert_eq!(named, Selection { engines: vec![EngineKind::Ort], ort_not_found: false });
+        let unnamed = select(&[], Some(std::path::Path::new("/nowhere/libonnxruntime.so")));
+        assert_eq!(unnamed, Selection { engines: vec![EngineKind::DEFAULT], ort_not_found: true });
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::classify::{Classifier, ClassifierError, DecideOptions, InputError};
+use crate::classify::{Classifier, ClassifierError, DecideOptions, InputError, InputValue};
 use crate::engine::{self, EngineError, EngineOptions};
 use crate::model::{CardlessOptions, DEFAULT_MODEL_BYTES, Model, ModelError};
 use crate::preprocess::decode::ImageLimits;
@@ -146,7 +146,11 @@ fn load(
     let engine = engine::open(&model, engine_opts)?;
     // The trial run feeds a tensor; no image is decoded, so the limits do not matter here.
     let mut classifier = Classifier::new(&model, engine, decide, ImageLimits::default())?;
-    let input = &model.card.inputs[0];
-    classifier.classify_tensor(&input.shape, &vec![0.0; input.tensor_len()])?;
+    let inputs = &model.card.inputs;
+    let zeros: Vec<Vec<f32>> = inputs.iter().map(|i| vec![0.0; i.tensor_len()]).collect();
+    let values: Vec<InputValue> = (inputs.iter().zip(&zeros))
+        .map(|(input, data)| InputValue::Tensor { shape: &input.shape, data })
+        .collect();
+    classifier.classify(&values)?;
     Ok(Loaded { model, sha256 })
 }

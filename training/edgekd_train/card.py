@@ -51,20 +51,25 @@ class CardError(ValueError):
 
 def find_schema_path() -> Path:
     """Locate docs/card.schema.json ($EDGEKD_CARD_SCHEMA, else walk up from this file)."""
-    env = os.environ.get("EDGEKD_CARD_SCHEMA")
+    return find_shared_file(SCHEMA_RELPATH, "EDGEKD_CARD_SCHEMA", "card schema")
+
+
+def find_shared_file(relpath: Path, env_var: str, what: str) -> Path:
+    """A file the Rust runtime shares with this package (under docs/): $env_var, else the first
+    parent of this file that holds ``relpath``."""
+    env = os.environ.get(env_var)
     if env:
         p = Path(env)
         if not p.is_file():
-            raise FileNotFoundError(f"EDGEKD_CARD_SCHEMA={env}: no such file")
+            raise FileNotFoundError(f"{env_var}={env}: no such file")
         return p
     here = Path(__file__).resolve().parent
     for d in (here, *here.parents):
-        p = d / SCHEMA_RELPATH
+        p = d / relpath
         if p.is_file():
             return p
     raise FileNotFoundError(
-        f"card schema {SCHEMA_RELPATH} not found in any parent of {here}; "
-        "run from the edge-kd repository or set EDGEKD_CARD_SCHEMA"
+        f"{what} {relpath} not found in any parent of {here}; run from the edge-kd repository or set {env_var}"
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import tomllib
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,10 @@ import torch
 import torch.nn as nn
 
 from . import __version__
-from .card import write_card
+from .card import find_shared_file, write_card
 from .data.resample import RESAMPLE
+
+PARITY_RELPATH = Path("docs") / "parity.toml"
 
 
 class ParityError(RuntimeError):
@@ -54,8 +58,24 @@ def reference_tensors(student: nn.Module, images: np.ndarray, out_dir: Path) -> 
     return pairs
 
 
-def verify_onnxruntime(path: Path, pairs, tol: float = 1e-4) -> float | None:
-    """Max abs diff between onnxruntime and the reference outputs; None when ORT is absent."""
+@lru_cache(maxsize=1)
+def parity_tolerance() -> float:
+    """The largest abs diff from the reference an engine may show: docs/parity.toml's
+    ``max_abs_diff``, the one definition the Rust runtime embeds too ($EDGEKD_PARITY_FILE
+    overrides where it is read from)."""
+    path = find_shared_file(PARITY_RELPATH, "EDGEKD_PARITY_FILE", "parity tolerance")
+    with open(path, "rb") as f:
+        table = tomllib.load(f)
+    tol = table.get("max_abs_diff")
+    if set(table) != {"max_abs_diff"} or not isinstance(tol, float) or not 0 < tol < 1:
+        raise ValueError(f"{path}: expected exactly `max_abs_diff = <float in (0, 1)>`, got {table}")
+    return tol
+
+
+def verify_onnxruntime(path: Path, pairs, tol: float | None = None) -> float | None:
+    """Max abs diff between onnxruntime and the reference outputs; None when ORT is absent.
+    ``tol`` defaults to :func:`parity_tolerance`."""
+    tol = parity_tolerance() if tol is None else tol
     try:
         import onnxruntime as ort
     except ImportError:

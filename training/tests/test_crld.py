@@ -12,7 +12,7 @@ from edgekd_train.data.tensors import Normalizer, augment
 from edgekd_train.data.views import STRONG_OPS, ViewMaker, rand_augment_op
 from edgekd_train.distillers import CRLDDistiller, StepFunctions
 from edgekd_train.distillers.crld import confidence_masks, consistency_losses, kl_per_sample, mask_rates
-from edgekd_train.export import export_onnx
+from edgekd_train.export import export_onnx, parity_tolerance
 from edgekd_train.models import count_params, create_model
 
 NORM = Normalizer(mean=(0.286,), std=(0.353,))
@@ -209,7 +209,7 @@ def test_crld_tiny_run_end_to_end(tmp_path, cli, teacher_weights):
     assert phase["views"] == "crld"
     summary = evs[-1]
     assert summary["event"] == "summary" and summary["method"] == "crld"
-    assert summary["parity_max_abs_diff"] <= 1e-4 and (out / "student.onnx").is_file()
+    assert summary["parity_max_abs_diff"] <= parity_tolerance() and (out / "student.onnx").is_file()
     assert summary["throughput"]["views"] == "crld" and summary["throughput"]["images_per_s"] > 0
     # [run] asks for bf16 and channels_last by default; they are for CUDA, so a CPU run trains without.
     assert summary["throughput"]["amp"] is False and summary["throughput"]["channels_last"] is False

@@ -8,7 +8,7 @@ from onnx import numpy_helper
 
 from edgekd_train.card import read_card
 from edgekd_train.distillers import KDDistiller
-from edgekd_train.export import build_card, export_student
+from edgekd_train.export import build_card, export_student, parity_tolerance
 from edgekd_train.models import count_params, create_model
 
 
@@ -43,7 +43,7 @@ def test_export_parity_and_student_only(tmp_path):
     )
     imgs = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
     res = export_student(d.student, card, imgs, tmp_path)
-    assert res["max_abs_diff"] is not None and res["max_abs_diff"] <= 1e-4
+    assert res["max_abs_diff"] is not None and res["max_abs_diff"] <= parity_tolerance()
     for k in range(8):
         x = np.load(tmp_path / "reference" / f"input_{k}.npy")
         y = np.load(tmp_path / "reference" / f"output_{k}.npy")
@@ -59,3 +59,30 @@ def test_export_parity_and_student_only(tmp_path):
     assert {n.op_type for n in m.graph.node} <= {"Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm", "Reshape"}
     got = read_card(tmp_path / "student.onnx", validate=True)
     assert got["provenance"]["teachers"] == ["wrn16-1"] and "teacher_test_accuracy" not in got["provenance"]["metrics"]
+
+
+def test_the_exporters_parity_check_follows_the_shared_tolerance_file(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from edgekd_train.export import ParityError, export_onnx, reference_tensors, verify_onnxruntime
+
+    torch.manual_seed(0)
+    student = create_model("cnn-18k", 10, 1).eval()
+    export_onnx(student, (1, 1, 28, 28), tmp_path / "s.onnx")
+    pairs = reference_tensors(student, np.zeros((1, 1, 28, 28), np.float32), tmp_path / "ref")
+    # References off by 5e-5: inside docs/parity.toml's 1e-4, outside a file that says 1e-5.
+    shifted = [(x, y + np.float32(5e-5)) for x, y in pairs]
+    assert verify_onnxruntime(tmp_path / "s.onnx", shifted) <= parity_tolerance()
+    strict = tmp_path / "parity.toml"
+    strict.write_text("max_abs_diff = 1e-5\n")
+    monkeypatch.setenv("EDGEKD_PARITY_FILE", str(strict))
+    parity_tolerance.cache_clear()
+    try:
+        assert parity_tolerance() == 1e-5
+        with pytest.raises(ParityError, match="> 1e-05"):
+            verify_onnxruntime(tmp_path / "s.onnx", shifted)
+        strict.write_text("max_abs_diff = 1\n")
+        parity_tolerance.cache_clear()
+        with pytest.raises(ValueError, match="parity.toml: expected exactly"):
+            parity_tolerance()
+    finally:
+        parity_tolerance.cache_clear()
