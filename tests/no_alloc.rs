@@ -7,30 +7,36 @@
 //! allocation of ours coming back on the warm path fails it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
 
 use edge_kd::model::Model;
 use edge_kd::preprocess::{Frame, PixelFormat, Preprocessor, Samples};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+// Per thread: the test harness's own threads (its output, the other test) allocate while a
+// test measures. Const-initialised cells with no destructor: reading them never allocates.
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    static LIVE_BYTES: Cell<isize> = const { Cell::new(0) };
+}
+
+fn count(allocations: usize, bytes: isize) {
+    ALLOCATIONS.with(|a| a.set(a.get() + allocations));
+    LIVE_BYTES.with(|l| l.set(l.get() + bytes));
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        LIVE_BYTES.fetch_add(layout.size(), Ordering::SeqCst);
+        count(1, layout.size() as isize);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::SeqCst);
+        count(0, -(layout.size() as isize));
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        LIVE_BYTES.fetch_add(new_size, Ordering::SeqCst);
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::SeqCst);
+        count(1, new_size as isize - layout.size() as isize);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -38,22 +44,18 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// The counters are process-wide: the tests take turns so one's allocations do not land in another's.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Allocations and net live bytes of `n` warm runs.
 fn warm(pre: &mut Preprocessor, frame: &Frame, n: usize) -> (usize, isize) {
     pre.run(frame).unwrap();
-    let (count, live) = (ALLOCATIONS.load(Ordering::SeqCst), LIVE_BYTES.load(Ordering::SeqCst));
+    let (count, live) = (ALLOCATIONS.with(Cell::get), LIVE_BYTES.with(Cell::get));
     for _ in 0..n {
         pre.run(frame).unwrap();
     }
-    (ALLOCATIONS.load(Ordering::SeqCst) - count, LIVE_BYTES.load(Ordering::SeqCst) as isize - live as isize)
+    (ALLOCATIONS.with(Cell::get) - count, LIVE_BYTES.with(Cell::get) - live)
 }
 
 #[test]
 fn a_frame_at_the_models_size_allocates_nothing() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let model = Model::embedded_default().unwrap();
     let spec = model.card.inputs[0].clone();
     let (h, w) = (spec.height(), spec.width());
@@ -67,7 +69,6 @@ fn a_frame_at_the_models_size_allocates_nothing() {
 
 #[test]
 fn warm_resizing_reserves_nothing_and_allocates_only_the_resamplers_tables() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let model = Model::embedded_default().unwrap();
     let mut spec = model.card.inputs[0].clone();
     let camera = vec![90u8; 640 * 480 * 3];
