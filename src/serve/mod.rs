@@ -21,7 +21,8 @@ pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, mpsc};
 
 use thiserror::Error;
 
@@ -217,7 +218,7 @@ fn stop_all(pipelines: Vec<Pipeline>) -> Stopped {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> {
     let names: Vec<String> = config.sources.iter().map(|s| s.name.clone()).collect();
-    let metrics = std::sync::Arc::new(Metrics::new(&names));
+    let metrics = Arc::new(Metrics::new(&names));
     let slots: Vec<ModelSlot> = config.sources.iter().map(open_slot).collect::<Result<_, _>>()?;
     for (slot, m) in slots.iter().zip(&metrics.sources) {
         let loaded = slot.current();
@@ -238,15 +239,10 @@ pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> 
         .block_on(tokio::net::TcpListener::bind(addr))
         .map_err(|source| ServeError::Listen { addr, source })?;
 
-    let shutdown = Shutdown::default();
+    // The dispatcher first: it ends when the last worker drops its sender, so a pipeline
+    // that fails to start below leaves nothing behind.
     let (finished_tx, finished_rx) = mpsc::channel();
-    let wiring =
-        Wiring { out: finished_tx, shutdown: shutdown.clone(), keep_review_frames: review.is_some() };
-    let pipelines = start_pipelines(&config, slots, &metrics, &wiring)?;
-    // Only the workers hold senders now: the dispatcher ends when the last worker does.
-    drop(wiring);
-
-    let latest = std::sync::Arc::new(Latest::new(config.http.keep_latest));
+    let latest = Arc::new(Latest::new(config.http.keep_latest));
     let routes = config
         .sources
         .iter()
@@ -255,22 +251,19 @@ pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> 
             folder: s.folder.clone(),
         })
         .collect();
+    let keep_review_frames = review.is_some();
     let dispatcher = Dispatcher::new(finished_rx, jsonl, outbox, review, routes, latest.clone());
     let dispatcher = spawn("dispatch".into(), move || dispatcher.run())?;
     let publisher = publisher.map(|p| runtime.spawn(p.run()));
 
-    let api = std::sync::Arc::new(http::ApiState {
-        sources: config
-            .sources
-            .iter()
-            .zip(&pipelines)
-            .map(|(s, p)| http::SourceHandle {
-                name: p.name().to_string(),
-                queue: p.queue().clone(),
-                counters: p.counters().clone(),
-                uploads: s.http.is_some(),
-            })
-            .collect(),
+    let shutdown = Shutdown::default();
+    let wiring = Wiring { out: finished_tx, shutdown: shutdown.clone(), keep_review_frames };
+    let pipelines = start_pipelines(&config, slots, &metrics, &wiring)?;
+    // Only the workers hold senders now.
+    drop(wiring);
+
+    let api = Arc::new(http::ApiState {
+        sources: config.sources.iter().zip(&pipelines).map(|(s, p)| p.handle(s.http.is_some())).collect(),
         metrics: metrics.clone(),
         latest,
         token,
@@ -285,14 +278,7 @@ pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> 
             }
         })
     };
-    let targets = pipelines
-        .iter()
-        .map(|p| reload::Target {
-            name: p.name().into(),
-            slot: p.slot().clone(),
-            counters: p.counters().clone(),
-        })
-        .collect();
+    let targets = pipelines.iter().map(Pipeline::reload_target).collect();
     let reloader = match reload::Reloader::start(targets, config_path, shutdown.clone()) {
         Ok(r) => r,
         Err(e) => {
@@ -324,7 +310,6 @@ pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> 
     });
     reloader.join();
     let sum = |get: fn(&metrics::SourceMetrics) -> u64| metrics.sources.iter().map(|s| get(s)).sum::<u64>();
-    use std::sync::atomic::Ordering::Relaxed;
     tracing::info!(
         "stopped cleanly: {} frames decided, {} failed, {} dropped; {} results written to JSONL, {} to the MQTT spool ({} still spooled)",
         sum(|s| s.frames.load(Relaxed)),

@@ -16,10 +16,12 @@ use std::thread::JoinHandle;
 
 use super::ServeError;
 use super::config::{SourceConfig, SourceKind};
+use super::http::SourceHandle;
 use super::job::{Finished, Job, Payload, Refusal};
 use super::metrics::SourceMetrics;
 use super::model_slot::ModelSlot;
 use super::queue::{BoundedQueue, Pushed};
+use super::reload::Target;
 use super::shutdown::Shutdown;
 use super::worker::Worker;
 use crate::source::camera::{self, CameraEvent};
@@ -146,16 +148,19 @@ impl Pipeline {
         &self.name
     }
 
-    pub fn queue(&self) -> &Arc<BoundedQueue<Job>> {
-        &self.queue
+    /// What the HTTP API needs of this pipeline; `uploads` when it takes `POST /infer`.
+    pub fn handle(&self, uploads: bool) -> SourceHandle {
+        SourceHandle {
+            name: self.name.clone(),
+            queue: self.queue.clone(),
+            counters: self.counters.clone(),
+            uploads,
+        }
     }
 
-    pub fn slot(&self) -> &Arc<ModelSlot> {
-        &self.slot
-    }
-
-    pub fn counters(&self) -> &Arc<SourceMetrics> {
-        &self.counters
+    /// What the model reloader needs of this pipeline.
+    pub(super) fn reload_target(&self) -> Target {
+        Target { name: self.name.clone(), slot: self.slot.clone(), counters: self.counters.clone() }
     }
 
     /// Stops the source, runs the queue dry and joins every thread (see the module

@@ -2,8 +2,8 @@
 //! One dispatcher thread writes every result to every sink in arrival order; a folder
 //! file is moved or deleted, and an upload answered, only after that.
 //!
-//! Each sink owns its `[sinks.*]` table (the serde type `serve::config` embeds) and its
-//! counters (atomics that `serve::metrics` exports); nothing here knows about `serve`.
+//! Each sink owns its `[sinks.*]` table (a serde type the daemon's config embeds) and its
+//! counters (atomics the daemon's `/metrics` reads); nothing here knows about the daemon.
 
 pub mod jsonl;
 pub mod mqtt;
