@@ -11,6 +11,10 @@ use thiserror::Error;
 
 use crate::engine::EngineKind;
 use crate::preprocess::decode::ImageLimits;
+use crate::sink::InvalidKey;
+use crate::sink::jsonl::JsonlConfig;
+use crate::sink::mqtt::MqttConfig;
+use crate::sink::review::ReviewConfig;
 use crate::source::camera::CameraConfig;
 use crate::source::synthetic::SyntheticConfig;
 
@@ -205,110 +209,13 @@ pub enum AfterProcessing {
 #[serde(deny_unknown_fields)]
 pub struct UploadConfig {}
 
+/// `[sinks]`: each sink's table is the sink's own type.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinksConfig {
     pub jsonl: Option<JsonlConfig>,
     pub mqtt: Option<MqttConfig>,
     pub review: Option<ReviewConfig>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FsyncPolicy {
-    /// After every line: nothing written is lost even on power loss; slowest.
-    Always,
-    /// At most every `fsync_interval_ms`.
-    Interval,
-    /// Leave it to the kernel: survives a daemon crash, not a power cut.
-    Never,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JsonlConfig {
-    pub path: PathBuf,
-    #[serde(default = "default_fsync")]
-    pub fsync: FsyncPolicy,
-    #[serde(default = "default_fsync_interval")]
-    pub fsync_interval_ms: u64,
-    /// Rotate when the file would grow past this; 0 never rotates.
-    #[serde(default = "default_rotate")]
-    pub rotate_bytes: u64,
-    /// Rotated files kept (`results.jsonl.1` newest).
-    #[serde(default = "default_keep")]
-    pub keep: usize,
-}
-
-fn default_fsync() -> FsyncPolicy {
-    FsyncPolicy::Interval
-}
-fn default_fsync_interval() -> u64 {
-    1000
-}
-fn default_rotate() -> u64 {
-    64 << 20
-}
-fn default_keep() -> usize {
-    5
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    pub host: String,
-    #[serde(default = "default_mqtt_port")]
-    pub port: u16,
-    /// `edge-kd-<box id>` when absent.
-    pub client_id: Option<String>,
-    #[serde(default = "default_prefix")]
-    pub topic_prefix: String,
-    #[serde(default = "default_keepalive")]
-    pub keepalive_s: u64,
-    pub username: Option<String>,
-    pub password_file: Option<PathBuf>,
-    /// The on-disk queue of results not yet acknowledged by the broker;
-    /// `<state_dir>/mqtt-spool` when absent.
-    pub spool_dir: Option<PathBuf>,
-    #[serde(default = "default_fsync")]
-    pub fsync: FsyncPolicy,
-    #[serde(default = "default_fsync_interval")]
-    pub fsync_interval_ms: u64,
-    /// Publishes in flight before waiting for the broker's acknowledgements.
-    #[serde(default = "default_window")]
-    pub window: usize,
-}
-
-fn default_mqtt_port() -> u16 {
-    1883
-}
-fn default_prefix() -> String {
-    "edge-kd".into()
-}
-fn default_keepalive() -> u64 {
-    30
-}
-fn default_window() -> usize {
-    32
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReviewConfig {
-    pub dir: PathBuf,
-    /// Oldest review frames are deleted beyond this count...
-    #[serde(default = "default_review_files")]
-    pub max_files: usize,
-    /// ...or beyond this many bytes in all.
-    #[serde(default = "default_review_bytes")]
-    pub max_bytes: u64,
-}
-
-fn default_review_files() -> usize {
-    10_000
-}
-fn default_review_bytes() -> u64 {
-    1 << 30
 }
 
 /// What kind of source a `[[source]]` table is, once validated.
@@ -466,38 +373,17 @@ impl ServeConfig {
                 }
             }
         }
+        let sink = |table: &str, checked: Result<(), InvalidKey>| {
+            checked.map_err(|e| (format!("sinks.{table}.{}", e.key), e.message.to_string()))
+        };
         if let Some(j) = &self.sinks.jsonl {
-            if j.fsync == FsyncPolicy::Interval && j.fsync_interval_ms == 0 {
-                return bad("sinks.jsonl.fsync_interval_ms".into(), "must be > 0 with fsync = \"interval\"");
-            }
-            if j.rotate_bytes > 0 && j.keep == 0 {
-                return bad("sinks.jsonl.keep".into(), "must be > 0 when rotate_bytes is set");
-            }
+            sink("jsonl", j.validate())?;
         }
         if let Some(m) = &self.sinks.mqtt {
-            if m.host.is_empty() {
-                return bad("sinks.mqtt.host".into(), "must not be empty");
-            }
-            if m.topic_prefix.is_empty() || m.topic_prefix.contains(['#', '+']) {
-                return bad("sinks.mqtt.topic_prefix".into(), "must be non-empty, without MQTT wildcards");
-            }
-            if m.fsync == FsyncPolicy::Interval && m.fsync_interval_ms == 0 {
-                return bad("sinks.mqtt.fsync_interval_ms".into(), "must be > 0 with fsync = \"interval\"");
-            }
-            if m.window == 0 {
-                return bad("sinks.mqtt.window".into(), "must be > 0");
-            }
-            if m.keepalive_s < 5 {
-                return bad("sinks.mqtt.keepalive_s".into(), "must be at least 5 seconds");
-            }
-            if m.password_file.is_some() && m.username.is_none() {
-                return bad("sinks.mqtt.password_file".into(), "needs a username");
-            }
+            sink("mqtt", m.validate())?;
         }
-        if let Some(r) = &self.sinks.review
-            && (r.max_files == 0 || r.max_bytes == 0)
-        {
-            return bad("sinks.review.max_files".into(), "max_files and max_bytes must be > 0");
+        if let Some(r) = &self.sinks.review {
+            sink("review", r.validate())?;
         }
         Ok(())
     }
@@ -520,6 +406,7 @@ fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::FsyncPolicy;
 
     #[test]
     fn the_mqtt_spool_interval_is_read_and_must_be_positive() {

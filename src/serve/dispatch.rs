@@ -4,20 +4,16 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
 use super::config::{AfterProcessing, FolderConfig};
 use super::job::{Finished, ReplyOk};
-use super::metrics::Metrics;
 use crate::decide::Verdict;
 use crate::sink::jsonl::JsonlSink;
+use crate::sink::mqtt::Outbox;
 use crate::sink::review::ReviewSink;
-use crate::sink::spool::Spool;
 
 /// The most recent results, for `/results/latest`.
 pub struct Latest {
@@ -51,49 +47,50 @@ impl Latest {
     }
 }
 
-pub struct MqttQueue {
-    pub spool: Arc<Mutex<Spool>>,
-    pub appended: Arc<Notify>,
-    /// The result topic of each source.
-    pub topics: Vec<String>,
+/// Where one source's results go besides the shared sinks.
+pub struct Route {
+    /// Its MQTT result topic; None without an MQTT sink.
+    pub topic: Option<Arc<str>>,
+    /// Its folder, whose files are kept, moved or deleted once their result is written.
+    pub folder: Option<FolderConfig>,
 }
 
 pub struct Dispatcher {
-    pub rx: Receiver<Finished>,
-    pub jsonl: Option<JsonlSink>,
-    pub mqtt: Option<MqttQueue>,
-    pub review: Option<ReviewSink>,
-    pub folders: Vec<Option<FolderConfig>>,
-    pub latest: Arc<Latest>,
-    pub metrics: Arc<Metrics>,
+    rx: Receiver<Finished>,
+    jsonl: Option<JsonlSink>,
+    mqtt: Option<Outbox>,
+    review: Option<ReviewSink>,
+    /// By source index.
+    routes: Vec<Route>,
+    latest: Arc<Latest>,
     pending_jsonl: VecDeque<String>,
-    pending_mqtt: VecDeque<(usize, String)>,
+    /// (topic, line)
+    pending_mqtt: VecDeque<(Arc<str>, String)>,
 }
 
 impl Dispatcher {
     pub fn new(
         rx: Receiver<Finished>,
         jsonl: Option<JsonlSink>,
-        mqtt: Option<MqttQueue>,
+        mqtt: Option<Outbox>,
         review: Option<ReviewSink>,
-        folders: Vec<Option<FolderConfig>>,
+        routes: Vec<Route>,
         latest: Arc<Latest>,
-        metrics: Arc<Metrics>,
     ) -> Self {
         Dispatcher {
             rx,
             jsonl,
             mqtt,
             review,
-            folders,
+            routes,
             latest,
-            metrics,
             pending_jsonl: VecDeque::new(),
             pending_mqtt: VecDeque::new(),
         }
     }
 
-    /// Runs until every worker is gone, then flushes.
+    /// Runs until every worker is gone, then flushes. Dropping the MQTT outbox on return
+    /// tells the publisher that every result is spooled.
     pub fn run(mut self) {
         loop {
             match self.rx.recv_timeout(Duration::from_millis(200)) {
@@ -109,8 +106,7 @@ impl Dispatcher {
             tracing::error!("{e}");
         }
         if let Some(m) = &self.mqtt
-            && let Ok(mut spool) = m.spool.lock()
-            && let Err(e) = spool.sync()
+            && let Err(e) = m.sync()
         {
             tracing::error!("{e}");
         }
@@ -126,28 +122,22 @@ impl Dispatcher {
     fn handle(&mut self, finished: Finished) {
         let Finished { source, mut line, review, file, reply, .. } = finished;
         if let Some(m) = &self.mqtt {
-            let spool = m.spool.lock().unwrap_or_else(|p| p.into_inner());
-            line.seq = Some(spool.next_seq() + self.pending_mqtt.len() as u64);
+            line.seq = Some(m.next_seq() + self.pending_mqtt.len() as u64);
         }
         let json = Arc::new(line.to_json());
         if self.jsonl.is_some() {
             self.pending_jsonl.push_back(json.to_string());
         }
-        if self.mqtt.is_some() {
-            self.pending_mqtt.push_back((source, json.to_string()));
+        if self.mqtt.is_some()
+            && let Some(topic) = self.routes.get(source).and_then(|r| r.topic.clone())
+        {
+            self.pending_mqtt.push_back((topic, json.to_string()));
         }
         let durable = self.write_pending();
         if let (Some(sink), Some(image), Some(Verdict::Review)) = (&mut self.review, &review, line.verdict())
+            && let Err(e) = sink.save(line.ts_ms, &line.source, line.label().unwrap_or("none"), image, &json)
         {
-            match sink.save(line.ts_ms, &line.source, line.label().unwrap_or("none"), image, &json) {
-                Ok(_) => {
-                    self.metrics.sinks.review_saved.fetch_add(1, Relaxed);
-                }
-                Err(e) => {
-                    self.metrics.sinks.review_errors.fetch_add(1, Relaxed);
-                    tracing::error!("{e}");
-                }
-            }
+            tracing::error!("{e}");
         }
         self.latest.push(source, json.clone());
         if let Some(reply) = reply {
@@ -173,7 +163,7 @@ impl Dispatcher {
             tracing::error!("{e}");
         }
         if let Some(m) = &self.mqtt
-            && let Err(e) = m.spool.lock().unwrap_or_else(|p| p.into_inner()).tick()
+            && let Err(e) = m.tick()
         {
             tracing::error!("{e}");
         }
@@ -186,10 +176,8 @@ impl Dispatcher {
                 match sink.write(line) {
                     Ok(()) => {
                         self.pending_jsonl.pop_front();
-                        self.metrics.sinks.jsonl_lines.fetch_add(1, Relaxed);
                     }
                     Err(e) => {
-                        self.metrics.sinks.jsonl_errors.fetch_add(1, Relaxed);
                         tracing::error!("{e} ({} results waiting)", self.pending_jsonl.len());
                         break;
                     }
@@ -197,14 +185,10 @@ impl Dispatcher {
             }
         }
         if let Some(m) = &self.mqtt {
-            let mut spool = m.spool.lock().unwrap_or_else(|p| p.into_inner());
-            let mut appended = false;
-            while let Some((source, line)) = self.pending_mqtt.front() {
-                match spool.append(&m.topics[*source], line) {
-                    Ok(_) => {
+            while let Some((topic, line)) = self.pending_mqtt.front() {
+                match m.append(topic, line) {
+                    Ok(()) => {
                         self.pending_mqtt.pop_front();
-                        self.metrics.sinks.mqtt_spooled.fetch_add(1, Relaxed);
-                        appended = true;
                     }
                     Err(e) => {
                         tracing::error!("{e} ({} results waiting)", self.pending_mqtt.len());
@@ -212,16 +196,12 @@ impl Dispatcher {
                     }
                 }
             }
-            self.metrics.sinks.mqtt_pending.store(spool.pending(), Relaxed);
-            if appended {
-                m.appended.notify_one();
-            }
         }
         self.pending_jsonl.is_empty() && self.pending_mqtt.is_empty()
     }
 
     fn after_processing(&self, source: usize, path: &Path) {
-        let Some(folder) = self.folders.get(source).and_then(Option::as_ref) else { return };
+        let Some(folder) = self.routes.get(source).and_then(|r| r.folder.as_ref()) else { return };
         let result = match folder.after {
             AfterProcessing::Keep => return,
             AfterProcessing::Delete => std::fs::remove_file(path),

@@ -18,13 +18,15 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use super::dispatch::Latest;
-use super::job::{Job, Payload};
-use super::metrics::Metrics;
+use super::job::{Job, Payload, Refusal};
+use super::metrics::{Metrics, SourceMetrics};
 use super::queue::{BoundedQueue, Pushed};
 
+/// What the API sees of one source's pipeline.
 pub struct SourceHandle {
     pub name: String,
     pub queue: Arc<BoundedQueue<Job>>,
+    pub counters: Arc<SourceMetrics>,
     /// Accepts uploads (`http = {}` in its table).
     pub uploads: bool,
 }
@@ -121,7 +123,7 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     let mut ready = true;
     let mut sources = serde_json::Map::new();
-    for s in &state.metrics.sources {
+    for s in state.sources.iter().map(|s| &s.counters) {
         let up = s.up.load(Relaxed);
         ready &= up;
         sources.insert(s.name.clone(), serde_json::json!({ "up": up, "state": s.state() }));
@@ -131,8 +133,8 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
-    for (s, m) in state.sources.iter().zip(&state.metrics.sources) {
-        m.queue_depth.store(s.queue.len() as u64, Relaxed);
+    for s in &state.sources {
+        s.counters.queue_depth.store(s.queue.len() as u64, Relaxed);
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response())
 }
@@ -203,15 +205,15 @@ async fn infer(
     match source.queue.push(job) {
         Pushed::Queued => {}
         Pushed::DroppedOldest(old) => {
-            state.metrics.sources[index].dropped.fetch_add(1, Relaxed);
-            old.refuse("dropped: a newer upload took its place in the full queue");
+            source.counters.dropped.fetch_add(1, Relaxed);
+            old.refuse(Refusal::Displaced);
         }
         Pushed::Refused(_) => {
-            state.metrics.sources[index].dropped.fetch_add(1, Relaxed);
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue full or shutting down: retry later",
-            ));
+            source.counters.dropped.fetch_add(1, Relaxed);
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue full: retry later"));
+        }
+        Pushed::Closed(_) => {
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down: retry later"));
         }
     }
     match tokio::time::timeout(INFER_TIMEOUT, rx).await {
@@ -219,7 +221,7 @@ async fn infer(
             let status = if reply.decided { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
             Ok((status, [(header::CONTENT_TYPE, "application/json")], reply.json.to_string()).into_response())
         }
-        Ok(Ok(Err(why))) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)),
+        Ok(Ok(Err(why))) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why.to_string())),
         Ok(Err(_)) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the daemon stopped before deciding"))
         }

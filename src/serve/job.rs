@@ -20,7 +20,20 @@ pub enum Payload {
 }
 
 /// The answer an upload waits for: the result line as JSON, or why there is none.
-pub type Reply = Result<ReplyOk, String>;
+pub type Reply = Result<ReplyOk, Refusal>;
+
+/// Why a job was never processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("dropped: a newer frame took its place in the full queue")]
+    Displaced,
+    #[error("dropped: queue full")]
+    QueueFull,
+    #[error("not queued: the daemon is shutting down")]
+    ShuttingDown,
+    #[error("not processed: no inference worker was left for its source")]
+    NoWorker,
+}
 
 pub struct ReplyOk {
     pub json: Arc<String>,
@@ -44,9 +57,9 @@ impl Job {
     }
 
     /// Tells whoever waits that this job will never be processed.
-    pub fn refuse(self, why: &str) {
+    pub fn refuse(self, why: Refusal) {
         if let Some(reply) = self.reply {
-            let _ = reply.send(Err(why.into()));
+            let _ = reply.send(Err(why));
         }
     }
 }

@@ -1,11 +1,16 @@
 //! What `/metrics` exports, in the Prometheus text format. Counters are atomics so the
-//! frame path never waits on a scrape; only the per-label maps take a short lock.
+//! frame path never waits on a scrape; only the per-label maps take a short lock. The
+//! sinks' counters live in the sinks; this module only reads them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::sink::jsonl::JsonlCounters;
+use crate::sink::mqtt::MqttCounters;
+use crate::sink::review::ReviewCounters;
 
 /// Upper bounds (seconds) of the frame latency histogram: sub-millisecond students up
 /// to 224-px models on a small ARM core.
@@ -71,29 +76,22 @@ impl SourceMetrics {
     }
 }
 
-#[derive(Default)]
-pub struct SinkMetrics {
-    pub jsonl_lines: AtomicU64,
-    pub jsonl_errors: AtomicU64,
-    pub mqtt_connected: AtomicBool,
-    pub mqtt_published: AtomicU64,
-    pub mqtt_spooled: AtomicU64,
-    pub mqtt_pending: AtomicU64,
-    pub mqtt_errors: AtomicU64,
-    pub review_saved: AtomicU64,
-    pub review_errors: AtomicU64,
-}
-
+/// Every counter `/metrics` exports: one set per source (each pipeline holds its own), and
+/// the counters each sink keeps.
 pub struct Metrics {
-    pub sources: Vec<SourceMetrics>,
-    pub sinks: SinkMetrics,
+    pub sources: Vec<Arc<SourceMetrics>>,
+    pub jsonl: Arc<JsonlCounters>,
+    pub mqtt: Arc<MqttCounters>,
+    pub review: Arc<ReviewCounters>,
 }
 
 impl Metrics {
     pub fn new(source_names: &[String]) -> Self {
         Metrics {
-            sources: source_names.iter().map(|n| SourceMetrics::new(n)).collect(),
-            sinks: SinkMetrics::default(),
+            sources: source_names.iter().map(|n| Arc::new(SourceMetrics::new(n))).collect(),
+            jsonl: Arc::default(),
+            mqtt: Arc::default(),
+            review: Arc::default(),
         }
     }
 
@@ -197,56 +195,56 @@ impl Metrics {
                 esc(&sha)
             );
         }
-        let k = &self.sinks;
+        let (jsonl, mqtt, review) = (&self.jsonl, &self.mqtt, &self.review);
         let sink_values: [(&str, &str, &str, u64); 9] = [
             (
                 "edge_kd_jsonl_lines_total",
                 "Result lines appended to the JSONL file.",
                 "counter",
-                k.jsonl_lines.load(Relaxed),
+                jsonl.lines.load(Relaxed),
             ),
             (
                 "edge_kd_jsonl_errors_total",
                 "Failed JSONL writes (the result is kept in memory and retried).",
                 "counter",
-                k.jsonl_errors.load(Relaxed),
+                jsonl.errors.load(Relaxed),
             ),
             (
                 "edge_kd_mqtt_connected",
                 "1 while connected to the MQTT broker.",
                 "gauge",
-                u64::from(k.mqtt_connected.load(Relaxed)),
+                u64::from(mqtt.connected.load(Relaxed)),
             ),
             (
                 "edge_kd_mqtt_published_total",
                 "Results the broker acknowledged (QoS 1).",
                 "counter",
-                k.mqtt_published.load(Relaxed),
+                mqtt.published.load(Relaxed),
             ),
             (
                 "edge_kd_mqtt_spooled_total",
                 "Results written to the MQTT spool.",
                 "counter",
-                k.mqtt_spooled.load(Relaxed),
+                mqtt.spooled.load(Relaxed),
             ),
             (
                 "edge_kd_mqtt_spool_pending",
                 "Results in the spool not yet acknowledged by the broker.",
                 "gauge",
-                k.mqtt_pending.load(Relaxed),
+                mqtt.pending.load(Relaxed),
             ),
-            ("edge_kd_mqtt_errors_total", "MQTT connection errors.", "counter", k.mqtt_errors.load(Relaxed)),
+            ("edge_kd_mqtt_errors_total", "MQTT connection errors.", "counter", mqtt.errors.load(Relaxed)),
             (
                 "edge_kd_review_frames_total",
                 "Frames saved for review.",
                 "counter",
-                k.review_saved.load(Relaxed),
+                review.saved.load(Relaxed),
             ),
             (
                 "edge_kd_review_errors_total",
                 "Review frames that could not be saved.",
                 "counter",
-                k.review_errors.load(Relaxed),
+                review.errors.load(Relaxed),
             ),
         ];
         for (name, help, kind, value) in sink_values {

@@ -12,8 +12,10 @@ pub enum Pushed<T> {
     Queued,
     /// Queued, after dropping the oldest waiting item.
     DroppedOldest(T),
-    /// Not queued: the queue was full (drop-newest) or closed.
+    /// Not queued: the queue was full (drop-newest).
     Refused(T),
+    /// Not queued: the queue is closed (the daemon is shutting down).
+    Closed(T),
 }
 
 struct State<T> {
@@ -49,7 +51,7 @@ impl<T> BoundedQueue<T> {
         let mut state = self.lock();
         loop {
             if state.closed {
-                return Pushed::Refused(item);
+                return Pushed::Closed(item);
             }
             if state.items.len() < self.capacity {
                 state.items.push_back(item);
@@ -100,6 +102,11 @@ impl<T> BoundedQueue<T> {
         self.not_full.notify_all();
     }
 
+    /// What is still queued, taken out: at shutdown, what no worker is left to process.
+    pub fn drain(&self) -> Vec<T> {
+        self.lock().items.drain(..).collect()
+    }
+
     pub fn is_closed_and_empty(&self) -> bool {
         let s = self.lock();
         s.closed && s.items.is_empty()
@@ -148,9 +155,22 @@ mod tests {
         assert_eq!(q.pop(Duration::from_secs(1)), Some(1));
         assert!(pusher.join().unwrap());
         q.close();
-        assert!(matches!(q.push(3), Pushed::Refused(3)));
+        assert!(matches!(q.push(3), Pushed::Closed(3)));
         assert_eq!(q.pop(Duration::from_secs(1)), Some(2));
         assert_eq!(q.pop(Duration::from_secs(1)), None);
+        assert!(q.is_closed_and_empty());
+    }
+
+    #[test]
+    fn close_releases_a_push_blocked_on_a_full_queue_nobody_reads() {
+        let q = std::sync::Arc::new(BoundedQueue::new(1, DropPolicy::Block));
+        q.push(1);
+        let q2 = q.clone();
+        let pusher = std::thread::spawn(move || q2.push(2));
+        std::thread::sleep(Duration::from_millis(50));
+        q.close();
+        assert!(matches!(pusher.join().unwrap(), Pushed::Closed(2)));
+        assert_eq!(q.drain(), [1]);
         assert!(q.is_closed_and_empty());
     }
 }

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -13,8 +12,17 @@ use notify::{RecursiveMode, Watcher};
 
 use super::ServeError;
 use super::config::ServeConfig;
-use super::metrics::Metrics;
+use super::metrics::SourceMetrics;
 use super::model_slot::{ModelSlot, ReloadOutcome};
+use super::pipeline::spawn;
+use super::shutdown::Shutdown;
+
+/// One source's model, as the reloader sees it.
+pub struct Target {
+    pub name: String,
+    pub slot: Arc<ModelSlot>,
+    pub counters: Arc<SourceMetrics>,
+}
 
 enum Request {
     /// A file in a watched folder changed.
@@ -34,11 +42,9 @@ const SETTLE: Duration = Duration::from_millis(400);
 
 impl Reloader {
     pub fn start(
-        config: &ServeConfig,
+        targets: Vec<Target>,
         config_path: PathBuf,
-        slots: Vec<Arc<ModelSlot>>,
-        metrics: Arc<Metrics>,
-        stop: Arc<AtomicBool>,
+        shutdown: Shutdown,
     ) -> Result<Reloader, ServeError> {
         let (tx, rx) = mpsc::channel::<Request>();
         let watch_tx = tx.clone();
@@ -49,52 +55,48 @@ impl Reloader {
                 }
             }
         })
-        .map_err(|e| ServeError::Setup(format!("cannot watch model files: {e}")))?;
+        .map_err(|source| ServeError::Watcher { source })?;
         // Folders, not files: a model replaced by rename (the safe way) is a new inode
         // that a watch on the old file would never see.
         let mut watched = std::collections::HashSet::new();
-        for slot in &slots {
-            if let Some(dir) = slot.path().and_then(Path::parent)
+        for target in &targets {
+            if let Some(dir) = target.slot.path().and_then(Path::parent)
                 && watched.insert(dir.to_owned())
             {
                 let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
                 watcher
                     .watch(dir, RecursiveMode::NonRecursive)
-                    .map_err(|e| ServeError::Setup(format!("cannot watch {}: {e}", dir.display())))?;
+                    .map_err(|source| ServeError::Watch { dir: dir.to_owned(), source })?;
             }
         }
-        let names: Vec<String> = config.sources.iter().map(|s| s.name.clone()).collect();
-        let thread = std::thread::Builder::new()
-            .name("reload".into())
-            .spawn(move || {
-                while !stop.load(Relaxed) {
-                    let first = match rx.recv_timeout(Duration::from_millis(250)) {
-                        Ok(r) => r,
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => return,
-                    };
-                    let mut all = false;
-                    let mut changed = Vec::new();
-                    let mut next = Some(first);
-                    while let Some(request) = next {
-                        match request {
-                            Request::All => all = true,
-                            Request::Changed(p) => changed.push(p),
-                        }
-                        next = rx.recv_timeout(SETTLE).ok();
+        let thread = spawn("reload".into(), move || {
+            while !shutdown.is_triggered() {
+                let first = match rx.recv_timeout(Duration::from_millis(250)) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                };
+                let mut all = false;
+                let mut changed = Vec::new();
+                let mut next = Some(first);
+                while let Some(request) = next {
+                    match request {
+                        Request::All => all = true,
+                        Request::Changed(p) => changed.push(p),
                     }
-                    if all {
-                        refresh_pins(&config_path, &names, &slots);
-                    }
-                    for (i, slot) in slots.iter().enumerate() {
-                        let Some(path) = slot.path() else { continue };
-                        if all || changed.iter().any(|c| same_file(c, path)) {
-                            reload_one(&names[i], slot, &metrics.sources[i]);
-                        }
+                    next = rx.recv_timeout(SETTLE).ok();
+                }
+                if all {
+                    refresh_pins(&config_path, &targets);
+                }
+                for target in &targets {
+                    let Some(path) = target.slot.path() else { continue };
+                    if all || changed.iter().any(|c| same_file(c, path)) {
+                        reload_one(target);
                     }
                 }
-            })
-            .map_err(|e| ServeError::Setup(format!("cannot start the reload thread: {e}")))?;
+            }
+        })?;
         Ok(Reloader { tx, thread, _watcher: Some(watcher) })
     }
 
@@ -120,12 +122,12 @@ fn absolute(p: &Path) -> PathBuf {
         .unwrap_or_else(|_| p.to_owned())
 }
 
-fn refresh_pins(config_path: &Path, names: &[String], slots: &[Arc<ModelSlot>]) {
+fn refresh_pins(config_path: &Path, targets: &[Target]) {
     match ServeConfig::load(config_path) {
         Ok(config) => {
-            for (name, slot) in names.iter().zip(slots) {
-                if let Some(source) = config.sources.iter().find(|s| &s.name == name) {
-                    slot.set_pin(source.model_sha256.clone());
+            for target in targets {
+                if let Some(source) = config.sources.iter().find(|s| s.name == target.name) {
+                    target.slot.set_pin(source.model_sha256.clone());
                 }
             }
         }
@@ -133,7 +135,7 @@ fn refresh_pins(config_path: &Path, names: &[String], slots: &[Arc<ModelSlot>]) 
     }
 }
 
-fn reload_one(name: &str, slot: &ModelSlot, metrics: &super::metrics::SourceMetrics) {
+fn reload_one(Target { name, slot, counters: metrics }: &Target) {
     match slot.reload() {
         ReloadOutcome::Unchanged => tracing::debug!("source {name}: model unchanged"),
         ReloadOutcome::Reloaded { sha256 } => {
@@ -153,18 +155,20 @@ fn reload_one(name: &str, slot: &ModelSlot, metrics: &super::metrics::SourceMetr
     }
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP on the way asks for a reload.
-pub async fn wait_for_shutdown(reloader: &Reloader) {
+/// Waits for SIGTERM or SIGINT, or a shutdown triggered elsewhere; SIGHUP on the way asks
+/// for a reload.
+pub async fn wait_for_shutdown(reloader: &Reloader, shutdown: &Shutdown) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
     else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
-        std::future::pending::<()>().await;
+        shutdown.triggered().await;
         return;
     };
     loop {
         tokio::select! {
+            _ = shutdown.triggered() => return,
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => {

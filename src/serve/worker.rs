@@ -11,15 +11,29 @@ use std::time::{Duration, Instant};
 use image::ImageEncoder;
 
 use super::job::{Finished, Job, Payload};
-use super::metrics::Metrics;
+use super::metrics::SourceMetrics;
 use super::model_slot::{Loaded, ModelSlot};
 use super::queue::BoundedQueue;
 use crate::classify::{Classifier, InputError, Outcome};
-use crate::preprocess::decode::read_file_limited;
+use crate::preprocess::decode::{DecodeError, read_file_limited};
 use crate::preprocess::{Frame, PixelFormat, Samples};
 use crate::sink::review::ReviewImage;
 use crate::sink::{ResultBody, ResultLine};
-use crate::source::camera;
+use crate::source::camera::{self, ConvertError};
+
+/// Why a frame got no verdict; its result line carries the message as `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The folder file could not be read (gone, too large, unreadable).
+    #[error(transparent)]
+    Read(#[from] DecodeError),
+    /// Not an image the model can take.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// A camera frame that does not convert to pixels.
+    #[error(transparent)]
+    Camera(#[from] ConvertError),
+}
 
 pub struct Worker {
     pub source: usize,
@@ -27,7 +41,7 @@ pub struct Worker {
     pub queue: Arc<BoundedQueue<Job>>,
     pub slot: Arc<ModelSlot>,
     pub out: Sender<Finished>,
-    pub metrics: Arc<Metrics>,
+    pub counters: Arc<SourceMetrics>,
     /// Keep the frame of `review` verdicts for the review sink.
     pub keep_review_frames: bool,
 }
@@ -57,7 +71,7 @@ impl Worker {
                 }
                 continue;
             };
-            self.metrics.sources[self.source].queue_depth.store(self.queue.len() as u64, Relaxed);
+            self.counters.queue_depth.store(self.queue.len() as u64, Relaxed);
             if self.slot.generation() != current.generation {
                 match self.slot.classifier() {
                     Ok((generation, loaded, classifier)) => {
@@ -78,21 +92,21 @@ impl Worker {
         let mut review_bytes: Option<ReviewImage> = None;
         let mut camera_frame = None;
         let mut file = None;
-        let outcome: Result<Outcome, String> = match payload {
+        let outcome: Result<Outcome, FrameError> = match payload {
             Payload::File(path) => {
                 let mut bytes = Vec::new();
                 let read = read_file_limited(&path, current.classifier.image_limits(), &mut bytes)
                     .map(|()| bytes)
-                    .map_err(|e| e.to_string());
+                    .map_err(FrameError::from);
                 file = Some(path);
                 read.and_then(|bytes| {
-                    let outcome = current.classifier.classify_encoded(&bytes).map_err(|e| e.to_string());
+                    let outcome = current.classifier.classify_encoded(&bytes).map_err(FrameError::from);
                     review_bytes = Some(ReviewImage { extension: extension_of(&bytes), bytes });
                     outcome
                 })
             }
             Payload::Encoded(bytes) => {
-                let outcome = current.classifier.classify_encoded(&bytes).map_err(|e| e.to_string());
+                let outcome = current.classifier.classify_encoded(&bytes).map_err(FrameError::from);
                 review_bytes = Some(ReviewImage { extension: extension_of(&bytes), bytes });
                 outcome
             }
@@ -109,7 +123,7 @@ impl Worker {
                 ResultBody::decided(o, current.classifier.labels(), engine),
                 Some(current.loaded.sha256.clone()),
             ),
-            Err(e) => (ResultBody::Failed { error: e.clone() }, None),
+            Err(e) => (ResultBody::Failed { error: e.to_string() }, None),
         };
         let line = ResultLine {
             seq: None,
@@ -120,7 +134,7 @@ impl Worker {
             model_sha256: sha,
         };
         let elapsed = arrived.elapsed();
-        let m = &self.metrics.sources[source];
+        let m = &self.counters;
         match (line.label(), line.verdict()) {
             (Some(label), Some(verdict)) => m.observe(elapsed, label, verdict.as_str()),
             _ => {
@@ -141,12 +155,12 @@ fn classify_camera(
     classifier: &mut Classifier,
     raw: &camera::RawFrame,
     rgb: &mut Vec<u8>,
-) -> Result<(Outcome, PixelFormat), String> {
+) -> Result<(Outcome, PixelFormat), FrameError> {
     let start = Instant::now();
-    let format = camera::convert(raw, rgb).map_err(|e| e.to_string())?;
+    let format = camera::convert(raw, rgb)?;
     let frame =
         Frame { width: raw.width as usize, height: raw.height as usize, format, samples: Samples::U8(rgb) };
-    let decision = classifier.classify_frame(&frame).map_err(|e: InputError| e.to_string())?;
+    let decision = classifier.classify_frame(&frame)?;
     Ok((Outcome { decision, latency: start.elapsed() }, format))
 }
 

@@ -10,16 +10,81 @@
 //! the client library never resends on its own and order is the spool's order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use serde::Deserialize;
 use tokio::sync::Notify;
 
-use super::spool::Spool;
-use crate::serve::config::MqttConfig;
-use crate::serve::metrics::Metrics;
+use super::spool::{Spool, SpoolError};
+use super::{FsyncPolicy, InvalidKey, default_fsync, default_fsync_interval, invalid};
+
+/// `[sinks.mqtt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// `edge-kd-<box id>` when absent.
+    pub client_id: Option<String>,
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    #[serde(default = "default_keepalive")]
+    pub keepalive_s: u64,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// The on-disk queue of results not yet acknowledged by the broker;
+    /// `<state_dir>/mqtt-spool` when absent.
+    pub spool_dir: Option<PathBuf>,
+    #[serde(default = "default_fsync")]
+    pub fsync: FsyncPolicy,
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval_ms: u64,
+    /// Publishes in flight before waiting for the broker's acknowledgements.
+    #[serde(default = "default_window")]
+    pub window: usize,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_prefix() -> String {
+    "edge-kd".into()
+}
+fn default_keepalive() -> u64 {
+    30
+}
+fn default_window() -> usize {
+    32
+}
+
+impl MqttConfig {
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        if self.host.is_empty() {
+            return invalid("host", "must not be empty");
+        }
+        if self.topic_prefix.is_empty() || self.topic_prefix.contains(['#', '+']) {
+            return invalid("topic_prefix", "must be non-empty, without MQTT wildcards");
+        }
+        if self.fsync == FsyncPolicy::Interval && self.fsync_interval_ms == 0 {
+            return invalid("fsync_interval_ms", "must be > 0 with fsync = \"interval\"");
+        }
+        if self.window == 0 {
+            return invalid("window", "must be > 0");
+        }
+        if self.keepalive_s < 5 {
+            return invalid("keepalive_s", "must be at least 5 seconds");
+        }
+        if self.password_file.is_some() && self.username.is_none() {
+            return invalid("password_file", "needs a username");
+        }
+        Ok(())
+    }
+}
 
 pub fn result_topic(config: &MqttConfig, box_id: &str, source: &str) -> String {
     format!("{}/{box_id}/{source}/result", config.topic_prefix)
@@ -29,19 +94,112 @@ pub fn status_topic(config: &MqttConfig, box_id: &str) -> String {
     format!("{}/{box_id}/status", config.topic_prefix)
 }
 
-pub struct Publisher {
-    pub config: MqttConfig,
-    pub box_id: String,
-    pub password: Option<String>,
-    pub spool: Arc<Mutex<Spool>>,
-    /// Poked by the dispatcher after each append.
-    pub appended: Arc<Notify>,
-    pub metrics: Arc<Metrics>,
-    /// Set once no more results will be appended.
-    pub closing: Arc<AtomicBool>,
+/// What the sink did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct MqttCounters {
+    pub connected: AtomicBool,
+    /// Results the broker acknowledged.
+    pub published: AtomicU64,
+    /// Results written to the spool.
+    pub spooled: AtomicU64,
+    /// Results in the spool not yet acknowledged.
+    pub pending: AtomicU64,
+    /// Lost connections and failed connection attempts.
+    pub errors: AtomicU64,
+}
+
+/// What the outbox and the publisher share.
+struct Shared {
+    spool: Mutex<Spool>,
+    counters: Arc<MqttCounters>,
+    /// Poked after each append.
+    appended: Notify,
+    /// Set when the outbox is dropped: no more results will be appended.
+    closing: AtomicBool,
     /// Poked when `closing` is set.
-    pub closing_notify: Arc<Notify>,
-    pub drain: Duration,
+    closed: Notify,
+}
+
+impl Shared {
+    fn spool(&self) -> MutexGuard<'_, Spool> {
+        // The spool moves its counters only after each disk write succeeded, so a panic of
+        // the other side while holding the lock leaves it consistent: keep publishing.
+        self.spool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The writing end of the MQTT sink: results are appended to the spool here, and the
+/// publisher is woken. Dropping it tells the publisher that no more will come, so it
+/// drains what is spooled and stops; the owner drops it once every result is written.
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+impl Outbox {
+    /// The seq the next appended result will get.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.spool().next_seq()
+    }
+
+    pub fn append(&self, topic: &str, payload: &str) -> Result<(), SpoolError> {
+        let mut spool = self.shared.spool();
+        let appended = spool.append(topic, payload);
+        self.shared.counters.pending.store(spool.pending(), Relaxed);
+        drop(spool);
+        appended?;
+        self.shared.counters.spooled.fetch_add(1, Relaxed);
+        self.shared.appended.notify_one();
+        Ok(())
+    }
+
+    /// See [`Spool::tick`].
+    pub fn tick(&self) -> Result<(), SpoolError> {
+        self.shared.spool().tick()
+    }
+
+    /// See [`Spool::sync`].
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        self.shared.spool().sync()
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Relaxed);
+        self.shared.closed.notify_one();
+    }
+}
+
+/// Connects a spool to a broker: the outbox that fills the spool and the publisher that
+/// empties it (run it on a tokio runtime). At shutdown the publisher keeps publishing for
+/// up to `drain` after the outbox is dropped, then leaves the rest on disk.
+pub fn open(
+    config: &MqttConfig,
+    box_id: &str,
+    password: Option<String>,
+    spool: Spool,
+    counters: Arc<MqttCounters>,
+    drain: Duration,
+) -> (Outbox, Publisher) {
+    counters.pending.store(spool.pending(), Relaxed);
+    let shared = Arc::new(Shared {
+        spool: Mutex::new(spool),
+        counters,
+        appended: Notify::new(),
+        closing: AtomicBool::new(false),
+        closed: Notify::new(),
+    });
+    let publisher =
+        Publisher { config: config.clone(), box_id: box_id.into(), password, shared: shared.clone(), drain };
+    (Outbox { shared }, publisher)
+}
+
+pub struct Publisher {
+    config: MqttConfig,
+    box_id: String,
+    password: Option<String>,
+    shared: Arc<Shared>,
+    drain: Duration,
 }
 
 enum Session {
@@ -56,7 +214,7 @@ impl Publisher {
         let mut backoff = Duration::from_millis(250);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         loop {
-            if self.closing.load(Relaxed) {
+            if self.shared.closing.load(Relaxed) {
                 let deadline =
                     *drain_deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.drain);
                 if self.pending() == 0 || tokio::time::Instant::now() >= deadline {
@@ -66,8 +224,8 @@ impl Publisher {
             match self.session(drain_deadline).await {
                 Session::Done => break,
                 Session::Lost(why) => {
-                    self.metrics.sinks.mqtt_connected.store(false, Relaxed);
-                    self.metrics.sinks.mqtt_errors.fetch_add(1, Relaxed);
+                    self.shared.counters.connected.store(false, Relaxed);
+                    self.shared.counters.errors.fetch_add(1, Relaxed);
                     tracing::warn!(
                         "MQTT {}:{}: {why}; {} results spooled, retrying in {:?}",
                         self.config.host,
@@ -77,12 +235,12 @@ impl Publisher {
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = self.closing_notify.notified() => {}
+                        _ = self.shared.closed.notified() => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
-            if self.metrics.sinks.mqtt_connected.load(Relaxed) {
+            if self.shared.counters.connected.load(Relaxed) {
                 backoff = Duration::from_millis(250);
             }
         }
@@ -93,8 +251,8 @@ impl Publisher {
     }
 
     fn pending(&self) -> u64 {
-        let pending = self.spool.lock().map(|s| s.pending()).unwrap_or(0);
-        self.metrics.sinks.mqtt_pending.store(pending, Relaxed);
+        let pending = self.shared.spool().pending();
+        self.shared.counters.pending.store(pending, Relaxed);
         pending
     }
 
@@ -123,7 +281,7 @@ impl Publisher {
         if let Err(why) = connected(&mut events).await {
             return Session::Lost(why);
         }
-        self.metrics.sinks.mqtt_connected.store(true, Relaxed);
+        self.shared.counters.connected.store(true, Relaxed);
         tracing::info!("MQTT: connected to {}:{}", self.config.host, self.config.port);
         let online = serde_json::json!({
             "state": "online",
@@ -138,16 +296,13 @@ impl Publisher {
         // messages), then the packet id once the client has written it.
         let mut requested: VecDeque<Option<u64>> = VecDeque::from([None]);
         let mut in_flight: VecDeque<(u16, Option<u64>, bool)> = VecDeque::new();
-        let mut next = self.spool.lock().map(|s| s.acked()).unwrap_or(0);
+        let mut next = self.shared.spool().acked();
         let mut deadline = drain_deadline;
         let mut said_offline = false;
         loop {
             let outstanding = requested.len() + in_flight.len();
             if outstanding < self.config.window {
-                let batch = match self.spool.lock() {
-                    Ok(mut s) => s.read(next, self.config.window - outstanding),
-                    Err(_) => return Session::Lost("spool lock poisoned".into()),
-                };
+                let batch = self.shared.spool().read(next, self.config.window - outstanding);
                 match batch {
                     Ok(entries) => {
                         for e in entries {
@@ -165,7 +320,7 @@ impl Publisher {
                     }
                 }
             }
-            if self.closing.load(Relaxed) {
+            if self.shared.closing.load(Relaxed) {
                 let d = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.drain);
                 let idle = requested.is_empty() && in_flight.is_empty();
                 if (idle && self.pending() == 0) || tokio::time::Instant::now() >= d {
@@ -191,8 +346,8 @@ impl Publisher {
             }
             let event = tokio::select! {
                 ev = events.poll() => ev,
-                _ = self.appended.notified(), if requested.len() + in_flight.len() < self.config.window => continue,
-                _ = self.closing_notify.notified() => continue,
+                _ = self.shared.appended.notified(), if requested.len() + in_flight.len() < self.config.window => continue,
+                _ = self.shared.closed.notified() => continue,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
             };
             match event {
@@ -209,12 +364,11 @@ impl Publisher {
                     while in_flight.front().is_some_and(|(_, _, done)| *done) {
                         if let Some((_, Some(seq), _)) = in_flight.pop_front() {
                             acked_upto = Some(seq + 1);
-                            self.metrics.sinks.mqtt_published.fetch_add(1, Relaxed);
+                            self.shared.counters.published.fetch_add(1, Relaxed);
                         }
                     }
                     if let Some(upto) = acked_upto {
-                        let result = self.spool.lock().map(|mut s| s.ack(upto));
-                        if let Ok(Err(e)) = result {
+                        if let Err(e) = self.shared.spool().ack(upto) {
                             tracing::error!("{e}");
                         }
                         self.pending();

@@ -4,8 +4,48 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::serve::config::ReviewConfig;
+use serde::Deserialize;
+
+use super::{InvalidKey, invalid};
+
+/// `[sinks.review]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewConfig {
+    pub dir: PathBuf,
+    /// Oldest review frames are deleted beyond this count...
+    #[serde(default = "default_review_files")]
+    pub max_files: usize,
+    /// ...or beyond this many bytes in all.
+    #[serde(default = "default_review_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_review_files() -> usize {
+    10_000
+}
+fn default_review_bytes() -> u64 {
+    1 << 30
+}
+
+impl ReviewConfig {
+    pub fn validate(&self) -> Result<(), InvalidKey> {
+        if self.max_files == 0 || self.max_bytes == 0 {
+            return invalid("max_files", "max_files and max_bytes must be > 0");
+        }
+        Ok(())
+    }
+}
+
+/// What the sink did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReviewCounters {
+    pub saved: AtomicU64,
+    pub errors: AtomicU64,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("review folder {path}: {source}")]
@@ -22,6 +62,7 @@ pub struct ReviewImage {
 
 pub struct ReviewSink {
     config: ReviewConfig,
+    counters: Arc<ReviewCounters>,
     /// Saved frames oldest first: (image path, bytes of image + result).
     saved: VecDeque<(PathBuf, u64)>,
     bytes: u64,
@@ -29,7 +70,7 @@ pub struct ReviewSink {
 }
 
 impl ReviewSink {
-    pub fn open(config: &ReviewConfig) -> Result<Self, ReviewError> {
+    pub fn open(config: &ReviewConfig, counters: Arc<ReviewCounters>) -> Result<Self, ReviewError> {
         let err = |source| ReviewError { path: config.dir.clone(), source };
         std::fs::create_dir_all(&config.dir).map_err(err)?;
         let mut images: Vec<PathBuf> = std::fs::read_dir(&config.dir)
@@ -47,12 +88,26 @@ impl ReviewSink {
             })
             .collect();
         let bytes = saved.iter().map(|(_, b)| b).sum();
-        let mut sink = ReviewSink { config: config.clone(), saved, bytes, counter: 0 };
+        let mut sink = ReviewSink { config: config.clone(), counters, saved, bytes, counter: 0 };
         sink.enforce_limits();
         Ok(sink)
     }
 
     pub fn save(
+        &mut self,
+        ts_ms: u64,
+        source: &str,
+        label: &str,
+        image: &ReviewImage,
+        result_json: &str,
+    ) -> Result<PathBuf, ReviewError> {
+        let saved = self.write(ts_ms, source, label, image, result_json);
+        let counter = if saved.is_ok() { &self.counters.saved } else { &self.counters.errors };
+        counter.fetch_add(1, Relaxed);
+        saved
+    }
+
+    fn write(
         &mut self,
         ts_ms: u64,
         source: &str,
@@ -109,11 +164,13 @@ mod tests {
     fn keeps_the_newest_within_the_count_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let config = ReviewConfig { dir: dir.path().to_owned(), max_files: 3, max_bytes: 1 << 20 };
-        let mut sink = ReviewSink::open(&config).unwrap();
+        let counters = Arc::new(ReviewCounters::default());
+        let mut sink = ReviewSink::open(&config, counters.clone()).unwrap();
         let image = ReviewImage { bytes: vec![1, 2, 3], extension: "png" };
         for ts in 1..=5 {
             sink.save(ts, "cam", "dent", &image, "{}").unwrap();
         }
+        assert_eq!((counters.saved.load(Relaxed), counters.errors.load(Relaxed)), (5, 0));
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -122,7 +179,7 @@ mod tests {
         assert_eq!(names.len(), 6, "{names:?}");
         assert!(names[0].starts_with("00000000000003-"), "{names:?}");
         let config = ReviewConfig { max_files: 1, ..config };
-        ReviewSink::open(&config).unwrap();
+        ReviewSink::open(&config, Arc::default()).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
@@ -130,7 +187,7 @@ mod tests {
     fn byte_limit_deletes_oldest() {
         let dir = tempfile::tempdir().unwrap();
         let config = ReviewConfig { dir: dir.path().to_owned(), max_files: 100, max_bytes: 250 };
-        let mut sink = ReviewSink::open(&config).unwrap();
+        let mut sink = ReviewSink::open(&config, Arc::default()).unwrap();
         let image = ReviewImage { bytes: vec![0; 98], extension: "jpg" };
         for ts in 1..=4 {
             sink.save(ts, "cam", "ok", &image, "{}").unwrap();

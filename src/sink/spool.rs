@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::serve::config::FsyncPolicy;
+use super::FsyncPolicy;
 
 /// A segment is closed at this size; fully acknowledged segments are deleted whole.
 const SEGMENT_BYTES: u64 = 4 << 20;

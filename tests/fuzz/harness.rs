@@ -21,13 +21,13 @@ use edge_kd::npy;
 use edge_kd::onnx_meta::{self, ModelInfo, TensorInfo};
 use edge_kd::preprocess::decode::{ImageFileDecoder, ImageLimits};
 use edge_kd::preprocess::{Frame, PixelFormat, Preprocessor, Samples};
-use edge_kd::serve::config::{DropPolicy, FsyncPolicy, ServeConfig};
+use edge_kd::serve::config::{DropPolicy, ServeConfig};
 use edge_kd::serve::dispatch::Latest;
 use edge_kd::serve::http::{SourceHandle, upload_target};
 use edge_kd::serve::job::Job;
 use edge_kd::serve::queue::BoundedQueue;
-use edge_kd::sink::mqtt;
 use edge_kd::sink::spool::Spool;
+use edge_kd::sink::{FsyncPolicy, mqtt};
 use edge_kd::source::camera::{self, RawFormat, RawFrame};
 
 /// A target's body: takes the raw input, panics on a bug.
@@ -286,6 +286,7 @@ pub fn infer_body(data: &[u8]) {
         .map(|n| SourceHandle {
             name: n.strip_prefix('+').unwrap_or(n).to_string(),
             queue: Arc::new(BoundedQueue::new(1, DropPolicy::DropOldest)),
+            counters: Arc::default(),
             uploads: n.starts_with('+'),
         })
         .collect();
