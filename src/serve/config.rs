@@ -162,7 +162,7 @@ pub struct SourceConfig {
 }
 
 fn default_engine() -> String {
-    "tract".into()
+    EngineKind::DEFAULT.as_str().into()
 }
 fn one() -> usize {
     1
@@ -245,7 +245,7 @@ impl SourceConfig {
     }
 
     pub fn engine_kind(&self) -> EngineKind {
-        self.engine.parse().unwrap_or(EngineKind::Tract)
+        self.engine.parse().unwrap_or(EngineKind::DEFAULT)
     }
 }
 
