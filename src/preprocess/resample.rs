@@ -171,9 +171,9 @@ fn luma(r: u8, g: u8, b: u8) -> u8 {
 
 /// 8-bit luma of every `S`-sample pixel (RGB or RGBA). The one conversion over every pixel
 /// of a camera frame (an RGB camera feeding a gray model): x86-64's baseline (SSE2) does not
-/// vectorise this stride-3 loop, AVX2 does (a VGA frame: 275 → 92 µs on the project's VM), so
-/// x86-64 picks the AVX2 build of it at run time. NEON, baseline on aarch64, has its own
-/// deinterleaving loads.
+/// vectorise this stride-3 loop, AVX2 does (it halved the default student's preprocessing of
+/// a VGA frame, 310 → 145 µs: docs/RESULTS.md), so x86-64 picks the AVX2 build of it at run
+/// time. NEON, baseline on aarch64, has its own deinterleaving loads.
 fn luma_of<const S: usize>(s: &[u8], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
