@@ -253,29 +253,6 @@ mod tests {
         let mut p = Preprocessor::new(&spec(Color::Gray, Resize::Stretch, 2, 2));
         assert!(matches!(p.run(&frame), Err(PreprocessError::BadFrame { expected: 6, .. })));
     }
-}
-
-#[cfg(test)]
-mod resample_tests {
-    use super::*;
-    use crate::card::{Layout, Resize};
-
-    fn spec(color: Color, resize: Resize, h: usize, w: usize) -> InputSpec {
-        let c = color.channels();
-        InputSpec {
-            name: "image".into(),
-            modality: "camera".into(),
-            shape: vec![1, c, h, w],
-            layout: Layout::Nchw,
-            color,
-            resize,
-            resample: Default::default(),
-            scale: 1.0,
-            mean: vec![0.0; c],
-            std: vec![1.0; c],
-            optional: false,
-        }
-    }
 
     #[test]
     fn shrinking_fine_stripes_averages_them_instead_of_aliasing() {
