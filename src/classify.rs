@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::card::{Card, InputSpec};
+use crate::card::{Card, InputSpec, MAX_INPUTS};
 use crate::decide::{Decider, Decision, WidthMismatch};
 use crate::engine::{Engine, EngineError, EngineKind};
 use crate::model::Model;
@@ -281,8 +281,14 @@ impl Classifier {
     }
 
     fn run_engine(&mut self) -> Result<(), InputError> {
-        let tensors: Vec<&[f32]> = self.slots.iter().map(Slot::tensor).collect();
-        self.engine.run(&tensors, &mut self.logits)?;
+        // On the stack, so a frame allocates nothing here: a parsed card has at most
+        // MAX_INPUTS inputs and a card-less model one (were there more, the engine would
+        // refuse the short list rather than this index panic).
+        let mut tensors: [&[f32]; MAX_INPUTS] = [&[]; MAX_INPUTS];
+        for (tensor, slot) in tensors.iter_mut().zip(&self.slots) {
+            *tensor = slot.tensor();
+        }
+        self.engine.run(&tensors[..self.slots.len().min(MAX_INPUTS)], &mut self.logits)?;
         Ok(())
     }
 }
