@@ -125,8 +125,42 @@ impl Preprocessor {
 
 /// Normalises the resampled pixels into the NCHW tensor and fills the letterbox padding with
 /// raw 0. Which source channel feeds each output channel is fixed per frame, so the per-pixel
-/// loops are branch-free and their chunk sizes known at compile time.
+/// loops are branch-free and their strides and offsets known at compile time. That lets AVX2
+/// vectorise the strided reads of an interleaved RGB frame (SSE2, x86-64's baseline, does not),
+/// so x86-64 picks the AVX2 build at run time, as for the gray conversion.
 fn write_tensor(
+    r: &Resampled,
+    color: Color,
+    out_h: usize,
+    out_w: usize,
+    gain: [f32; 3],
+    bias: [f32; 3],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, just checked.
+        return unsafe { write_tensor_avx2(r, color, out_h, out_w, gain, bias, out) };
+    }
+    write_tensor_loops(r, color, out_h, out_w, gain, bias, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn write_tensor_avx2(
+    r: &Resampled,
+    color: Color,
+    out_h: usize,
+    out_w: usize,
+    gain: [f32; 3],
+    bias: [f32; 3],
+    out: &mut [f32],
+) {
+    write_tensor_loops(r, color, out_h, out_w, gain, bias, out);
+}
+
+#[inline(always)]
+fn write_tensor_loops(
     r: &Resampled,
     color: Color,
     out_h: usize,
@@ -149,20 +183,18 @@ fn write_tensor(
             _ => 0,
         };
         let rows = values[p.top * out_w..].chunks_exact_mut(out_w).take(p.height);
+        let (left, width) = (p.left, p.width);
         match r.pixels {
-            Pixels::U8(px) => {
-                normalise(rows, px, r.channels, from, p.left, p.width, gain[c], bias[c], f32::from)
-            }
-            Pixels::U16(px) => {
-                // 16-bit results are divided by 257 (0..65535 → 0..255) before the card's scale.
-                normalise(rows, px, r.channels, from, p.left, p.width, gain[c] / 257.0, bias[c], f32::from)
-            }
+            Pixels::U8(px) => normalise(rows, px, r.channels, from, left, width, gain[c], bias[c]),
+            // 16-bit results are divided by 257 (0..65535 → 0..255) before the card's scale.
+            Pixels::U16(px) => normalise(rows, px, r.channels, from, left, width, gain[c] / 257.0, bias[c]),
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn normalise<'o, T: Copy>(
+#[inline(always)]
+fn normalise<'o, T: Copy + Into<f32>>(
     rows: impl Iterator<Item = &'o mut [f32]>,
     px: &[T],
     channels: usize,
@@ -171,17 +203,27 @@ fn normalise<'o, T: Copy>(
     width: usize,
     gain: f32,
     bias: f32,
-    value: impl Fn(T) -> f32,
 ) {
     for (row, src) in rows.zip(px.chunks_exact(width * channels)) {
         let dst = &mut row[left..left + width];
-        match channels {
-            1 => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = value(s) * gain + bias),
-            _ => dst
-                .iter_mut()
-                .zip(src.chunks_exact(channels))
-                .for_each(|(d, s)| *d = value(s[from]) * gain + bias),
+        match (channels, from) {
+            (1, _) => pick::<T, 1, 0>(dst, src, gain, bias),
+            (2, _) => pick::<T, 2, 0>(dst, src, gain, bias),
+            (3, 0) => pick::<T, 3, 0>(dst, src, gain, bias),
+            (3, 1) => pick::<T, 3, 1>(dst, src, gain, bias),
+            (3, _) => pick::<T, 3, 2>(dst, src, gain, bias),
+            (_, 0) => pick::<T, 4, 0>(dst, src, gain, bias),
+            (_, 1) => pick::<T, 4, 1>(dst, src, gain, bias),
+            _ => pick::<T, 4, 2>(dst, src, gain, bias),
         }
+    }
+}
+
+/// Channel `FROM` of each `C`-sample pixel, scaled.
+#[inline(always)]
+fn pick<T: Copy + Into<f32>, const C: usize, const FROM: usize>(dst: &mut [f32], src: &[T], gain: f32, bias: f32) {
+    for (d, s) in dst.iter_mut().zip(src.chunks_exact(C)) {
+        *d = s[FROM].into() * gain + bias;
     }
 }
 
