@@ -4,6 +4,9 @@
 //! fast_image_resize, whose convolution is Pillow's (a triangle filter whose support grows with
 //! the scale when shrinking), so the box sees the tensor training saw to within a grey level.
 //!
+//! The resizer keeps its filter coefficients per geometry (edge-kd's copy of the crate,
+//! `deploy/fast_image_resize`), so a warm frame allocates nothing.
+//!
 //! Colour is converted before resizing, in 8 bits, as Pillow's `convert("L")` does, because that
 //! is what the trainer does; gray → rgb replication and bgr reordering commute with resizing and
 //! are left to the normalisation. 16-bit gray is resized at 16 bits; 16-bit colour is first
