@@ -98,8 +98,9 @@ fn a_connection_flood_under_prlimit_leaves_healthz_and_the_folder_working() {
         (0..NOFILE + 100).map(|_| TcpStream::connect(("127.0.0.1", t.port)).unwrap()).collect();
     let asked = Instant::now();
     let health = http(t.port, "GET", "/healthz", None, b"").expect("/healthz answers during the flood");
+    let health_took = asked.elapsed();
     assert_eq!(health.status, 200);
-    assert!(asked.elapsed() < Duration::from_secs(5), "/healthz took {:?}", asked.elapsed());
+    assert!(health_took < Duration::from_secs(5), "/healthz took {health_took:?}");
 
     t.drop_file("during-flood.png", "0002-trouser.png");
     wait_until("the file's result", Duration::from_secs(20), || {
@@ -115,6 +116,12 @@ fn a_connection_flood_under_prlimit_leaves_healthz_and_the_folder_working() {
     assert!(gauge <= max_connections as f64, "{gauge} connections open, cap {max_connections}");
     let evicted = metric(t.port, None, "edge_kd_http_evicted_total").unwrap();
     assert!(evicted >= (flood.len() - max_connections) as f64, "{evicted} evicted");
+    // For docs/RESULTS.md (`cargo test --test serve_descriptors -- --nocapture`).
+    println!(
+        "flood of {}: /healthz in {:?}; {open} descriptors held of {NOFILE}; {gauge} connections open; {evicted} evicted",
+        flood.len(),
+        health_took
+    );
     drop(flood);
     let log = daemon.log.clone();
     assert_eq!(daemon.stop(), 0);
@@ -168,6 +175,40 @@ fn a_folder_file_that_cannot_be_opened_for_want_of_descriptors_stays_and_is_retr
     assert!(daemon.log_text().contains("every file that could not be read is now read"));
     let retries = metric(t.port, None, r#"edge_kd_read_retries_total{source="inbox"}"#).unwrap();
     assert!(retries >= 3.0, "{retries} retries");
+    println!("EMFILE for 2 s: {retries} retries, one log line, then the real result");
     assert_eq!(metric(t.port, None, r#"edge_kd_read_retry_pending{source="inbox"}"#), Some(0.0));
     assert_eq!(daemon.stop(), 0);
+}
+
+#[test]
+fn check_config_refuses_a_connection_cap_that_does_not_fit_the_descriptor_limit() {
+    let check = |http: &str| {
+        let t = inbox(http);
+        let out = std::process::Command::new("prlimit")
+            .args([
+                &format!("--nofile={NOFILE}"),
+                "--",
+                env!("CARGO_BIN_EXE_edge-kd"),
+                "serve",
+                "--check-config",
+            ])
+            .arg(&t.config)
+            .env("ORT_DYLIB_PATH", ort_library())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, text) = check("max_connections = 200");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("http.max_connections: 200 connections") && text.contains("descriptor limit 256"),
+        "{text}"
+    );
+    let (code, text) = check("max_connections = 128");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("at most 128 connections (descriptor limit 256)"), "{text}");
+    let (code, text) = check("idle_timeout_ms = 0");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("http.idle_timeout_ms: must be > 0"), "{text}");
 }
