@@ -119,7 +119,8 @@ impl Listener for Connections {
                 if self.open.evict_longest_waiting() {
                     self.counters.evicted.fetch_add(1, Relaxed);
                 }
-                // Every connection is being answered: this one waits for the first to finish.
+                // Until the evicted one has closed; when every connection is being answered,
+                // until the first answer is done.
                 self.permits.clone().acquire_owned().await.expect("the connection semaphore is never closed")
             }
         };

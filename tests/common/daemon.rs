@@ -111,7 +111,7 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
         let mut daemon = Daemon { child, port, log };
         let start = Instant::now();
         loop {
