@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use super::connections::Limits;
 use crate::engine::EngineKind;
 use crate::preprocess::decode::ImageLimits;
 use crate::sink::InvalidKey;
@@ -82,6 +83,16 @@ pub struct HttpConfig {
     /// How many recent results /results/latest can return.
     #[serde(default = "default_latest")]
     pub keep_latest: usize,
+    /// Connections open at once; with the descriptors the rest of the daemon needs, it
+    /// must fit in the descriptor limit (the unit's `LimitNOFILE`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// How long a connection may wait for its next request.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for HttpConfig {
@@ -91,6 +102,19 @@ impl Default for HttpConfig {
             token_file: None,
             max_body_bytes: default_max_body(),
             keep_latest: default_latest(),
+            max_connections: default_max_connections(),
+            header_timeout_ms: default_header_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
         }
     }
 }
@@ -103,6 +127,17 @@ fn default_max_body() -> usize {
 }
 fn default_latest() -> usize {
     100
+}
+/// Far more than a box's clients (a PLC, a dashboard, a scraper), and within a shell's
+/// usual 1024 descriptors.
+fn default_max_connections() -> usize {
+    256
+}
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -289,8 +324,15 @@ impl ServeConfig {
         if self.sources.is_empty() {
             return bad("source".into(), "no [[source]] configured: add a camera, folder or http source");
         }
-        if self.http.max_body_bytes == 0 {
-            return bad("http.max_body_bytes".into(), "must be > 0");
+        for (key, value) in [
+            ("http.max_body_bytes", self.http.max_body_bytes as u64),
+            ("http.max_connections", self.http.max_connections as u64),
+            ("http.header_timeout_ms", self.http.header_timeout_ms),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return bad(key.into(), "must be > 0");
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.sources.iter().enumerate() {

@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
+use super::connections;
 use super::dispatch::Latest;
 use super::job::{Job, Payload, Refusal};
 use super::metrics::{Metrics, SourceMetrics};
@@ -55,8 +56,11 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        // Outermost, so a request without the token is turned away before its body is read.
+        // Outside the body limit, so a request without the token is turned away before its
+        // body is read.
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Outermost: from the complete head on, the connection's timeouts wait for the answer.
+        .layer(middleware::from_fn(connections::while_answering))
         .with_state(state)
 }
 

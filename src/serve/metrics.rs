@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::connections::ConnectionCounters;
 use crate::sink::jsonl::JsonlCounters;
 use crate::sink::mqtt::MqttCounters;
 use crate::sink::review::ReviewCounters;
@@ -22,6 +23,13 @@ pub struct SourceMetrics {
     pub frames: AtomicU64,
     pub dropped: AtomicU64,
     pub errors: AtomicU64,
+    /// Folder entries with an image's name that are not files, each counted once.
+    pub not_files: AtomicU64,
+    /// Folder file reads that failed for a reason outside the file and were retried.
+    pub read_retries: AtomicU64,
+    /// Folder files waiting to be read again (the log says when the first starts and
+    /// the last ends).
+    pub read_retry_pending: AtomicU64,
     pub queue_depth: AtomicU64,
     pub up: AtomicBool,
     state: Mutex<String>,
@@ -83,6 +91,7 @@ pub struct Metrics {
     pub jsonl: Arc<JsonlCounters>,
     pub mqtt: Arc<MqttCounters>,
     pub review: Arc<ReviewCounters>,
+    pub http: Arc<ConnectionCounters>,
 }
 
 impl Metrics {
@@ -92,12 +101,13 @@ impl Metrics {
             jsonl: Arc::default(),
             mqtt: Arc::default(),
             review: Arc::default(),
+            http: Arc::default(),
         }
     }
 
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let counters: [(&str, &str, Getter); 3] = [
+        let counters: [(&str, &str, Getter); 5] = [
             ("edge_kd_frames_total", "Frames decided.", |s| s.frames.load(Relaxed)),
             ("edge_kd_dropped_total", "Frames dropped because the source's queue was full.", |s| {
                 s.dropped.load(Relaxed)
@@ -105,12 +115,38 @@ impl Metrics {
             ("edge_kd_errors_total", "Frames that could not be decided (bad image, engine error).", |s| {
                 s.errors.load(Relaxed)
             }),
+            (
+                "edge_kd_folder_not_files_total",
+                "Watched-folder entries with an image's name that are not files (a directory, a symlink \
+                 loop, a dangling symlink): reported once each and left in place.",
+                |s| s.not_files.load(Relaxed),
+            ),
+            (
+                "edge_kd_read_retries_total",
+                "Folder file reads retried after failing for a reason outside the file (descriptors \
+                 exhausted, I/O error): the file stays until it is read.",
+                |s| s.read_retries.load(Relaxed),
+            ),
         ];
         for (name, help, get) in counters {
             header(&mut out, name, help, "counter");
             for s in &self.sources {
                 let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", esc(&s.name), get(s));
             }
+        }
+        header(
+            &mut out,
+            "edge_kd_read_retry_pending",
+            "Folder files waiting to be read again after a failure outside the file.",
+            "gauge",
+        );
+        for s in &self.sources {
+            let _ = writeln!(
+                out,
+                "edge_kd_read_retry_pending{{source=\"{}\"}} {}",
+                esc(&s.name),
+                s.read_retry_pending.load(Relaxed)
+            );
         }
         header(&mut out, "edge_kd_queue_depth", "Frames waiting for a worker.", "gauge");
         for s in &self.sources {
@@ -247,7 +283,35 @@ impl Metrics {
                 review.errors.load(Relaxed),
             ),
         ];
-        for (name, help, kind, value) in sink_values {
+        let http = &self.http;
+        let http_values: [(&str, &str, &str, u64); 5] = [
+            ("edge_kd_http_connections", "Open HTTP connections.", "gauge", http.open.load(Relaxed)),
+            (
+                "edge_kd_http_header_timeouts_total",
+                "HTTP connections closed for not sending a request head within http.header_timeout_ms.",
+                "counter",
+                http.header_timeouts.load(Relaxed),
+            ),
+            (
+                "edge_kd_http_idle_timeouts_total",
+                "HTTP connections closed after http.idle_timeout_ms without a request.",
+                "counter",
+                http.idle_timeouts.load(Relaxed),
+            ),
+            (
+                "edge_kd_http_evicted_total",
+                "Idle HTTP connections closed to make room at http.max_connections.",
+                "counter",
+                http.evicted.load(Relaxed),
+            ),
+            (
+                "edge_kd_http_accept_errors_total",
+                "Failed accepts (descriptors exhausted), retried.",
+                "counter",
+                http.accept_errors.load(Relaxed),
+            ),
+        ];
+        for (name, help, kind, value) in sink_values.into_iter().chain(http_values) {
             header(&mut out, name, help, kind);
             let _ = writeln!(out, "{name} {value}");
         }

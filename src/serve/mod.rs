@@ -8,6 +8,7 @@
 //! disk for the next start), and only then does the process exit.
 
 pub mod config;
+pub mod connections;
 pub mod dispatch;
 pub mod http;
 pub mod job;
@@ -60,6 +61,13 @@ pub enum ServeError {
     Review(#[from] ReviewError),
     #[error("sinks.mqtt.spool_dir: {0}")]
     Spool(#[from] SpoolError),
+    #[error(
+        "http.max_connections: {max_connections} connections and {} descriptors for the rest of the daemon \
+         do not fit in the descriptor limit {limit} (systemd: LimitNOFILE; a shell: ulimit -n): \
+         lower it or raise the limit",
+        connections::RESERVED_DESCRIPTORS
+    )]
+    Descriptors { max_connections: usize, limit: u64 },
     #[error("http.listen: {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the I/O runtime: {source}")]
@@ -130,8 +138,23 @@ pub fn check(config: &ServeConfig) -> Result<Vec<String>, ServeError> {
             mqtt::result_topic(m, &config.box_.id, "<source>")
         ));
     }
-    lines.push(format!("http: {}", config.http.listen));
+    let limit = check_descriptors(config)?.map_or("unlimited".into(), |l| l.to_string());
+    lines.push(format!(
+        "http: {}, at most {} connections (descriptor limit {limit})",
+        config.http.listen, config.http.max_connections
+    ));
     Ok(lines)
+}
+
+/// The connection cap must leave descriptors to the rest of the daemon, or a flood of
+/// connections starves folder reads and sinks of them. The limit, when there is one.
+fn check_descriptors(config: &ServeConfig) -> Result<Option<u64>, ServeError> {
+    let Some(limit) = connections::descriptor_limit() else { return Ok(None) };
+    let max_connections = config.http.max_connections;
+    if max_connections as u64 + connections::RESERVED_DESCRIPTORS > limit {
+        return Err(ServeError::Descriptors { max_connections, limit });
+    }
+    Ok(Some(limit))
 }
 
 fn open_slot(source: &SourceConfig) -> Result<ModelSlot, ServeError> {
@@ -217,6 +240,7 @@ fn stop_all(pipelines: Vec<Pipeline>) -> Stopped {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> {
+    check_descriptors(&config)?;
     let names: Vec<String> = config.sources.iter().map(|s| s.name.clone()).collect();
     let metrics = Arc::new(Metrics::new(&names));
     let slots: Vec<ModelSlot> = config.sources.iter().map(open_slot).collect::<Result<_, _>>()?;
@@ -269,7 +293,9 @@ pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> 
         token,
     });
     let server = {
-        let app = http::router(api, config.http.max_body_bytes);
+        let app = http::router(api, config.http.max_body_bytes)
+            .into_make_service_with_connect_info::<connections::Busy>();
+        let listener = connections::Connections::new(listener, config.http.limits(), metrics.http.clone());
         let shutdown = shutdown.clone();
         runtime.spawn(async move {
             let stopped = async move { shutdown.triggered().await };

@@ -120,6 +120,7 @@ impl Pipeline {
             SourceKind::Folder(folder) => Some(spawn(format!("folder-{}", self.name), move || {
                 folder_watch::watch(&folder.path, folder.existing, stop.flag(), &mut |event| match event {
                     FolderEvent::File(path) => feed.push(path.display().to_string(), Payload::File(path)),
+                    FolderEvent::NotAFile(path, what) => feed.not_a_file(&path, &what),
                     FolderEvent::State(up, state) => feed.state(up, state),
                 });
             })?),
@@ -224,6 +225,11 @@ impl Feed {
             }
         }
         self.counters.queue_depth.store(self.queue.len() as u64, Relaxed);
+    }
+
+    fn not_a_file(&self, path: &std::path::Path, what: &str) {
+        tracing::warn!("source {}: {}: {what}, not an image file; left in place", self.name, path.display());
+        self.counters.not_files.fetch_add(1, Relaxed);
     }
 
     fn state(&self, up: bool, state: String) {

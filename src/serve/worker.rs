@@ -1,6 +1,8 @@
 //! An inference worker: takes jobs from its source's queue, classifies them with its own
 //! engine, and hands each result to the dispatcher. It picks up a reloaded model between
-//! frames, never during one.
+//! frames, never during one. A folder file whose read fails for a reason outside the file
+//! (descriptors exhausted, an I/O error) gets no result: it stays where it is and is read
+//! again with back-off, between other frames.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use crate::preprocess::{Frame, PixelFormat, Samples};
 use crate::sink::review::ReviewImage;
 use crate::sink::{ResultBody, ResultLine};
 use crate::source::camera::{self, ConvertError};
+use crate::source::retry::{Backoff, is_transient};
 
 /// Why a frame got no verdict; its result line carries the message as `error`.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +49,20 @@ pub struct Worker {
     pub keep_review_frames: bool,
 }
 
+/// A folder file to read again.
+struct Retry {
+    due: Instant,
+    backoff: Backoff,
+    job: Job,
+    error: std::io::Error,
+}
+
+enum Processed {
+    Done(Finished),
+    /// The file could not be read for a reason outside it.
+    Retry(Job, std::io::Error),
+}
+
 struct Current {
     generation: u64,
     loaded: Arc<Loaded>,
@@ -64,12 +81,24 @@ impl Worker {
             }
         };
         let mut rgb = Vec::new();
+        let mut retries: Vec<Retry> = Vec::new();
         loop {
-            let Some(job) = self.queue.pop(Duration::from_millis(250)) else {
-                if self.queue.is_closed_and_empty() {
-                    return;
+            let (job, backoff) = match take_due(&mut retries) {
+                Some(retry) => (retry.job, Some(retry.backoff)),
+                None => {
+                    let wait = retries
+                        .iter()
+                        .map(|r| r.due.saturating_duration_since(Instant::now()))
+                        .fold(Duration::from_millis(250), Duration::min);
+                    let Some(job) = self.queue.pop(wait) else {
+                        if self.queue.is_closed_and_empty() {
+                            self.abandon(retries);
+                            return;
+                        }
+                        continue;
+                    };
+                    (job, None)
                 }
-                continue;
             };
             self.counters.queue_depth.store(self.queue.len() as u64, Relaxed);
             if self.slot.generation() != current.generation {
@@ -80,14 +109,61 @@ impl Worker {
                     Err(e) => tracing::error!("source {}: keeping the previous model: {e}", self.source_name),
                 }
             }
-            let finished = self.process(job, &mut current, &mut rgb);
-            if self.out.send(finished).is_err() {
-                return;
+            match self.process(job, &mut current, &mut rgb) {
+                Processed::Done(finished) => {
+                    if backoff.is_some() {
+                        self.retry_ended();
+                    }
+                    if self.out.send(finished).is_err() {
+                        self.abandon(retries);
+                        return;
+                    }
+                }
+                Processed::Retry(job, error) => {
+                    self.counters.read_retries.fetch_add(1, Relaxed);
+                    if backoff.is_none() {
+                        self.retry_started(&job, &error);
+                    }
+                    let mut backoff = backoff.unwrap_or_default();
+                    retries.push(Retry { due: Instant::now() + backoff.next_wait(), backoff, job, error });
+                }
             }
         }
     }
 
-    fn process(&self, job: Job, current: &mut Current, rgb: &mut Vec<u8>) -> Finished {
+    /// One line when the first file of this source starts waiting for a retry, not one
+    /// per retry.
+    fn retry_started(&self, job: &Job, error: &std::io::Error) {
+        if self.counters.read_retry_pending.fetch_add(1, Relaxed) == 0 {
+            tracing::warn!(
+                "source {}: {}: cannot read: {error}; it stays in the folder and is read again with \
+                 back-off (so are other files failing so, logged once until all are read)",
+                self.source_name,
+                job.name
+            );
+        }
+    }
+
+    fn retry_ended(&self) {
+        if self.counters.read_retry_pending.fetch_sub(1, Relaxed) == 1 {
+            tracing::info!("source {}: every file that could not be read is now read", self.source_name);
+        }
+    }
+
+    /// At shutdown: the files still waiting stay in the folder, for the next start.
+    fn abandon(&self, retries: Vec<Retry>) {
+        let Some(first) = retries.first() else { return };
+        tracing::warn!(
+            "source {}: {} file(s) still cannot be read ({}: {}); left in the folder",
+            self.source_name,
+            retries.len(),
+            first.job.name,
+            first.error
+        );
+        self.counters.read_retry_pending.fetch_sub(retries.len() as u64, Relaxed);
+    }
+
+    fn process(&self, job: Job, current: &mut Current, rgb: &mut Vec<u8>) -> Processed {
         let Job { source, name, ts_ms, arrived, payload, reply } = job;
         let mut review_bytes: Option<ReviewImage> = None;
         let mut camera_frame = None;
@@ -95,9 +171,13 @@ impl Worker {
         let outcome: Result<Outcome, FrameError> = match payload {
             Payload::File(path) => {
                 let mut bytes = Vec::new();
-                let read = read_file_limited(&path, current.classifier.image_limits(), &mut bytes)
-                    .map(|()| bytes)
-                    .map_err(FrameError::from);
+                let read = match read_file_limited(&path, current.classifier.image_limits(), &mut bytes) {
+                    Err(DecodeError::Io(e)) if is_transient(&e) => {
+                        let job = Job { source, name, ts_ms, arrived, payload: Payload::File(path), reply };
+                        return Processed::Retry(job, e);
+                    }
+                    read => read.map(|()| bytes).map_err(FrameError::from),
+                };
                 file = Some(path);
                 read.and_then(|bytes| {
                     let outcome = current.classifier.classify_encoded(&bytes).map_err(FrameError::from);
@@ -147,8 +227,15 @@ impl Worker {
         } else {
             None
         };
-        Finished { source, line, elapsed, review, file, reply }
+        Processed::Done(Finished { source, line, elapsed, review, file, reply })
     }
+}
+
+/// The retry due first, if one is due.
+fn take_due(retries: &mut Vec<Retry>) -> Option<Retry> {
+    let now = Instant::now();
+    let (i, _) = retries.iter().enumerate().filter(|(_, r)| r.due <= now).min_by_key(|(_, r)| r.due)?;
+    Some(retries.swap_remove(i))
 }
 
 fn classify_camera(

@@ -4,6 +4,7 @@
 pub mod camera;
 pub mod files;
 pub mod folder_watch;
+pub mod retry;
 pub mod synthetic;
 
 pub use files::{InputItem, InputKind, expand};

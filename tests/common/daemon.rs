@@ -87,8 +87,23 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `edge-kd serve --config CONFIG` and waits until `/healthz` answers.
     pub fn start(config: &Path, port: u16) -> Daemon {
+        Self::start_under(&[], config, port)
+    }
+
+    /// As [`Daemon::start`], run by a wrapper that execs it (`["prlimit", "--nofile=256", "--"]`),
+    /// so that the child's pid is still the daemon's.
+    pub fn start_under(wrapper: &[&str], config: &Path, port: u16) -> Daemon {
         let log = unique(config);
-        let child = Command::new(env!("CARGO_BIN_EXE_edge-kd"))
+        let binary = env!("CARGO_BIN_EXE_edge-kd");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(config)
             .env("ORT_DYLIB_PATH", ort_library())
@@ -96,7 +111,7 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
         let mut daemon = Daemon { child, port, log };
         let start = Instant::now();
         loop {
