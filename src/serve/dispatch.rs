@@ -1,6 +1,7 @@
 //! The one thread that writes results to the sinks, in the order workers finish them.
 //! A folder file is moved or deleted, and an upload answered, only after its result is
 //! written; a sink that fails keeps its lines in memory and retries, so no result is lost.
+//! Each result gets the box's next `seq` here, the same number in every sink.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -14,6 +15,7 @@ use crate::decide::Verdict;
 use crate::sink::jsonl::JsonlSink;
 use crate::sink::mqtt::Outbox;
 use crate::sink::review::ReviewSink;
+use crate::sink::seq::Sequence;
 
 /// The most recent results, for `/results/latest`.
 pub struct Latest {
@@ -63,6 +65,11 @@ pub struct Dispatcher {
     /// By source index.
     routes: Vec<Route>,
     latest: Arc<Latest>,
+    seq: Sequence,
+    /// Logged once when storing the mark starts failing, and once when it works again.
+    seq_failing: bool,
+    /// Results waiting for a seq, in arrival order: the high-water mark could not be stored.
+    unnumbered: VecDeque<Finished>,
     pending_jsonl: VecDeque<String>,
     /// (topic, line)
     pending_mqtt: VecDeque<(Arc<str>, String)>,
@@ -76,6 +83,7 @@ impl Dispatcher {
         review: Option<ReviewSink>,
         routes: Vec<Route>,
         latest: Arc<Latest>,
+        seq: Sequence,
     ) -> Self {
         Dispatcher {
             rx,
@@ -84,6 +92,9 @@ impl Dispatcher {
             review,
             routes,
             latest,
+            seq,
+            seq_failing: false,
+            unnumbered: VecDeque::new(),
             pending_jsonl: VecDeque::new(),
             pending_mqtt: VecDeque::new(),
         }
@@ -94,7 +105,10 @@ impl Dispatcher {
     pub fn run(mut self) {
         loop {
             match self.rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(finished) => self.handle(finished),
+                Ok(finished) => {
+                    self.unnumbered.push_back(finished);
+                    self.number_and_write();
+                }
                 Err(RecvTimeoutError::Timeout) => self.idle(),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -110,6 +124,13 @@ impl Dispatcher {
         {
             tracing::error!("{e}");
         }
+        if let Err(e) = self.seq.close() {
+            // The mark on disk stays ahead of every number used: the next start skips some.
+            tracing::warn!("{e}");
+        }
+        for Finished { line, .. } in &self.unnumbered {
+            tracing::error!("result without a seq, not written to any sink: {}", line.to_json());
+        }
         for line in &self.pending_jsonl {
             // The file refused them to the end; the log is the last place they can go.
             tracing::error!("result not written to the JSONL file: {line}");
@@ -119,11 +140,32 @@ impl Dispatcher {
         }
     }
 
-    fn handle(&mut self, finished: Finished) {
-        let Finished { source, mut line, review, file, reply, .. } = finished;
-        if let Some(m) = &self.mqtt {
-            line.seq = Some(m.next_seq() + self.pending_mqtt.len() as u64);
+    /// Hands out seqs in arrival order and writes each result; a result that cannot get one
+    /// waits, with those behind it, for the next try.
+    fn number_and_write(&mut self) {
+        while !self.unnumbered.is_empty() {
+            let seq = match self.seq.take() {
+                Ok(seq) => seq,
+                Err(e) => {
+                    if !self.seq_failing {
+                        self.seq_failing = true;
+                        tracing::error!("{e}; {} results wait for a seq", self.unnumbered.len());
+                    }
+                    return;
+                }
+            };
+            if self.seq_failing {
+                self.seq_failing = false;
+                tracing::info!("seq high-water mark stored again; the waiting results are written");
+            }
+            let Some(mut finished) = self.unnumbered.pop_front() else { return };
+            finished.line.seq = Some(seq);
+            self.handle(finished);
         }
+    }
+
+    fn handle(&mut self, finished: Finished) {
+        let Finished { source, line, review, file, reply, .. } = finished;
         let json = Arc::new(line.to_json());
         if self.jsonl.is_some() {
             self.pending_jsonl.push_back(json.to_string());
@@ -156,6 +198,7 @@ impl Dispatcher {
     }
 
     fn idle(&mut self) {
+        self.number_and_write();
         self.write_pending();
         if let Some(j) = &mut self.jsonl
             && let Err(e) = j.tick()
