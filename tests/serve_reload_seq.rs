@@ -105,7 +105,7 @@ fn sigkill_mid_backlog_keeps_seq_strictly_increasing_and_every_file_gets_its_res
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::create_dir_all(&done).unwrap();
     let png = std::fs::read(samples().join("0001-pullover.png")).unwrap();
-    const FILES: usize = 600;
+    const FILES: usize = 2000;
     for i in 0..FILES {
         std::fs::write(inbox.join(format!("{i:04}.png")), &png).unwrap();
     }

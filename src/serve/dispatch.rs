@@ -258,3 +258,81 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::sink::jsonl::{JsonlConfig, JsonlCounters};
+    use crate::sink::{FsyncPolicy, ResultBody, ResultLine};
+
+    fn finished(n: usize) -> Finished {
+        let line = ResultLine {
+            seq: None,
+            ts_ms: 0,
+            source: "s".into(),
+            file: format!("{n}"),
+            body: ResultBody::Failed { error: "e".into() },
+            model_sha256: None,
+        };
+        Finished { source: 0, line, elapsed: Duration::ZERO, review: None, file: None, reply: None }
+    }
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !ok() {
+            assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn results_wait_in_order_while_the_seq_mark_cannot_be_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().join("r.jsonl");
+        let config = JsonlConfig {
+            path: results.clone(),
+            fsync: FsyncPolicy::Never,
+            fsync_interval_ms: 1000,
+            rotate_bytes: 0,
+            keep: 1,
+        };
+        let jsonl = JsonlSink::open(&config, Arc::new(JsonlCounters::default())).unwrap();
+        let seq = Sequence::open(&dir.path().join("seq"), 0).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let routes = vec![Route { topic: None, folder: None }];
+        let dispatcher = Dispatcher::new(rx, Some(jsonl), None, None, routes, Arc::new(Latest::new(1)), seq);
+        let thread = std::thread::spawn(move || dispatcher.run());
+
+        // The first block (1000 numbers) was reserved at open; the next needs the mark stored.
+        for n in 0..1000 {
+            tx.send(finished(n)).unwrap();
+        }
+        wait_for("the first block", || lines(&results).len() == 1000);
+        // A folder where the new mark is written first: storing it fails, even for root.
+        std::fs::create_dir(dir.path().join("seq.tmp")).unwrap();
+        for n in 1000..1005 {
+            tx.send(finished(n)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(lines(&results).len(), 1000, "no line without a reserved seq");
+        std::fs::remove_dir(dir.path().join("seq.tmp")).unwrap();
+        wait_for("the waiting results", || lines(&results).len() == 1005);
+        drop(tx);
+        thread.join().unwrap();
+
+        let all = lines(&results);
+        let seqs: Vec<u64> = all.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (0..1005).collect::<Vec<_>>(), "in order, none skipped, none repeated");
+        assert_eq!(all[1004]["file"], "1004");
+        let mark = std::fs::read_to_string(dir.path().join("seq")).unwrap();
+        assert_eq!(mark.trim(), "1005", "a clean stop stores the exact next seq");
+    }
+}
