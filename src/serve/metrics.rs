@@ -172,7 +172,7 @@ impl Metrics {
         header(
             &mut out,
             "edge_kd_model_reloads_total",
-            "Model reloads by result (ok, refused, failed, restored: the file is back to the served model after a refusal or failure).",
+            "Model reloads by result (ok, refused, failed, restored).",
             "counter",
         );
         for s in &self.sources {
