@@ -48,7 +48,8 @@ pub struct BoxConfig {
     /// Names this box in MQTT topics and results; the host name when empty.
     #[serde(default)]
     pub id: String,
-    /// Where the daemon keeps what must survive a restart (the MQTT spool).
+    /// Where the daemon keeps what must survive a restart (the seq high-water mark, the
+    /// MQTT spool).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
     /// How long shutdown may spend publishing what is still spooled before it leaves the

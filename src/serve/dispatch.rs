@@ -1,6 +1,7 @@
 //! The one thread that writes results to the sinks, in the order workers finish them.
 //! A folder file is moved or deleted, and an upload answered, only after its result is
 //! written; a sink that fails keeps its lines in memory and retries, so no result is lost.
+//! Each result gets the box's next `seq` here, the same number in every sink.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -14,6 +15,7 @@ use crate::decide::Verdict;
 use crate::sink::jsonl::JsonlSink;
 use crate::sink::mqtt::Outbox;
 use crate::sink::review::ReviewSink;
+use crate::sink::seq::Sequence;
 
 /// The most recent results, for `/results/latest`.
 pub struct Latest {
@@ -63,6 +65,11 @@ pub struct Dispatcher {
     /// By source index.
     routes: Vec<Route>,
     latest: Arc<Latest>,
+    seq: Sequence,
+    /// Logged once when storing the mark starts failing, and once when it works again.
+    seq_failing: bool,
+    /// Results waiting for a seq, in arrival order: the high-water mark could not be stored.
+    unnumbered: VecDeque<Finished>,
     pending_jsonl: VecDeque<String>,
     /// (topic, line)
     pending_mqtt: VecDeque<(Arc<str>, String)>,
@@ -76,6 +83,7 @@ impl Dispatcher {
         review: Option<ReviewSink>,
         routes: Vec<Route>,
         latest: Arc<Latest>,
+        seq: Sequence,
     ) -> Self {
         Dispatcher {
             rx,
@@ -84,6 +92,9 @@ impl Dispatcher {
             review,
             routes,
             latest,
+            seq,
+            seq_failing: false,
+            unnumbered: VecDeque::new(),
             pending_jsonl: VecDeque::new(),
             pending_mqtt: VecDeque::new(),
         }
@@ -94,7 +105,10 @@ impl Dispatcher {
     pub fn run(mut self) {
         loop {
             match self.rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(finished) => self.handle(finished),
+                Ok(finished) => {
+                    self.unnumbered.push_back(finished);
+                    self.number_and_write();
+                }
                 Err(RecvTimeoutError::Timeout) => self.idle(),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -110,6 +124,13 @@ impl Dispatcher {
         {
             tracing::error!("{e}");
         }
+        if let Err(e) = self.seq.close() {
+            // The mark on disk stays ahead of every number used: the next start skips some.
+            tracing::warn!("{e}");
+        }
+        for Finished { line, .. } in &self.unnumbered {
+            tracing::error!("result without a seq, not written to any sink: {}", line.to_json());
+        }
         for line in &self.pending_jsonl {
             // The file refused them to the end; the log is the last place they can go.
             tracing::error!("result not written to the JSONL file: {line}");
@@ -119,11 +140,32 @@ impl Dispatcher {
         }
     }
 
-    fn handle(&mut self, finished: Finished) {
-        let Finished { source, mut line, review, file, reply, .. } = finished;
-        if let Some(m) = &self.mqtt {
-            line.seq = Some(m.next_seq() + self.pending_mqtt.len() as u64);
+    /// Hands out seqs in arrival order and writes each result; a result that cannot get one
+    /// waits, with those behind it, for the next try.
+    fn number_and_write(&mut self) {
+        while !self.unnumbered.is_empty() {
+            let seq = match self.seq.take() {
+                Ok(seq) => seq,
+                Err(e) => {
+                    if !self.seq_failing {
+                        self.seq_failing = true;
+                        tracing::error!("{e}; {} results wait for a seq", self.unnumbered.len());
+                    }
+                    return;
+                }
+            };
+            if self.seq_failing {
+                self.seq_failing = false;
+                tracing::info!("seq high-water mark stored again; the waiting results are written");
+            }
+            let Some(mut finished) = self.unnumbered.pop_front() else { return };
+            finished.line.seq = Some(seq);
+            self.handle(finished);
         }
+    }
+
+    fn handle(&mut self, finished: Finished) {
+        let Finished { source, line, review, file, reply, .. } = finished;
         let json = Arc::new(line.to_json());
         if self.jsonl.is_some() {
             self.pending_jsonl.push_back(json.to_string());
@@ -156,6 +198,7 @@ impl Dispatcher {
     }
 
     fn idle(&mut self) {
+        self.number_and_write();
         self.write_pending();
         if let Some(j) = &mut self.jsonl
             && let Err(e) = j.tick()
@@ -213,5 +256,83 @@ impl Dispatcher {
         if let Err(e) = result {
             tracing::warn!("{}: processed, but cannot {:?} it: {e}", path.display(), folder.after);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::sink::jsonl::{JsonlConfig, JsonlCounters};
+    use crate::sink::{FsyncPolicy, ResultBody, ResultLine};
+
+    fn finished(n: usize) -> Finished {
+        let line = ResultLine {
+            seq: None,
+            ts_ms: 0,
+            source: "s".into(),
+            file: format!("{n}"),
+            body: ResultBody::Failed { error: "e".into() },
+            model_sha256: None,
+        };
+        Finished { source: 0, line, elapsed: Duration::ZERO, review: None, file: None, reply: None }
+    }
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !ok() {
+            assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn results_wait_in_order_while_the_seq_mark_cannot_be_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().join("r.jsonl");
+        let config = JsonlConfig {
+            path: results.clone(),
+            fsync: FsyncPolicy::Never,
+            fsync_interval_ms: 1000,
+            rotate_bytes: 0,
+            keep: 1,
+        };
+        let jsonl = JsonlSink::open(&config, Arc::new(JsonlCounters::default())).unwrap();
+        let seq = Sequence::open(&dir.path().join("seq"), 0).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let routes = vec![Route { topic: None, folder: None }];
+        let dispatcher = Dispatcher::new(rx, Some(jsonl), None, None, routes, Arc::new(Latest::new(1)), seq);
+        let thread = std::thread::spawn(move || dispatcher.run());
+
+        // The first block (1000 numbers) was reserved at open; the next needs the mark stored.
+        for n in 0..1000 {
+            tx.send(finished(n)).unwrap();
+        }
+        wait_for("the first block", || lines(&results).len() == 1000);
+        // A folder where the new mark is written first: storing it fails, even for root.
+        std::fs::create_dir(dir.path().join("seq.tmp")).unwrap();
+        for n in 1000..1005 {
+            tx.send(finished(n)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(lines(&results).len(), 1000, "no line without a reserved seq");
+        std::fs::remove_dir(dir.path().join("seq.tmp")).unwrap();
+        wait_for("the waiting results", || lines(&results).len() == 1005);
+        drop(tx);
+        thread.join().unwrap();
+
+        let all = lines(&results);
+        let seqs: Vec<u64> = all.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (0..1005).collect::<Vec<_>>(), "in order, none skipped, none repeated");
+        assert_eq!(all[1004]["file"], "1004");
+        let mark = std::fs::read_to_string(dir.path().join("seq")).unwrap();
+        assert_eq!(mark.trim(), "1005", "a clean stop stores the exact next seq");
     }
 }

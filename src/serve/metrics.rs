@@ -208,7 +208,7 @@ impl Metrics {
         header(
             &mut out,
             "edge_kd_model_reloads_total",
-            "Model reloads by result (ok, refused, failed).",
+            "Model reloads by result (ok, refused, failed, restored).",
             "counter",
         );
         for s in &self.sources {

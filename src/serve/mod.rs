@@ -32,6 +32,7 @@ use crate::engine::EngineOptions;
 use crate::sink::jsonl::{JsonlError, JsonlSink};
 use crate::sink::mqtt::{self, Outbox, Publisher};
 use crate::sink::review::{ReviewError, ReviewSink};
+use crate::sink::seq::{SeqError, Sequence};
 use crate::sink::spool::{Spool, SpoolError};
 use crate::source::synthetic;
 use config::{ConfigError, ServeConfig, SourceConfig, SourceKind};
@@ -68,6 +69,8 @@ pub enum ServeError {
         connections::RESERVED_DESCRIPTORS
     )]
     Descriptors { max_connections: usize, limit: u64 },
+    #[error("box.state_dir: {0}")]
+    Seq(#[from] SeqError),
     #[error("http.listen: {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the I/O runtime: {source}")]
@@ -179,6 +182,7 @@ fn read_secret(path: &Path, key: &'static str) -> Result<String, ServeError> {
 
 /// The sinks as opened at start: the dispatcher's, and the MQTT publisher to run beside it.
 struct Sinks {
+    seq: Sequence,
     jsonl: Option<JsonlSink>,
     review: Option<ReviewSink>,
     mqtt: Option<(Outbox, Publisher)>,
@@ -188,10 +192,13 @@ fn open_sinks(config: &ServeConfig, metrics: &Metrics) -> Result<Sinks, ServeErr
     let jsonl = config.sinks.jsonl.as_ref().map(|c| JsonlSink::open(c, metrics.jsonl.clone())).transpose()?;
     let review =
         config.sinks.review.as_ref().map(|c| ReviewSink::open(c, metrics.review.clone())).transpose()?;
+    // Before this file existed, seq was the spool's position: continue above it.
+    let mut floor = 0;
     let mqtt = match &config.sinks.mqtt {
         Some(m) => {
             let dir = m.spool_dir.clone().unwrap_or_else(|| config.box_.state_dir.join("mqtt-spool"));
             let spool = Spool::open(&dir, m.fsync, std::time::Duration::from_millis(m.fsync_interval_ms))?;
+            floor = spool.next_seq();
             if spool.pending() > 0 {
                 tracing::info!("MQTT spool: {} results from before are published first", spool.pending());
             }
@@ -202,7 +209,8 @@ fn open_sinks(config: &ServeConfig, metrics: &Metrics) -> Result<Sinks, ServeErr
         }
         None => None,
     };
-    Ok(Sinks { jsonl, review, mqtt })
+    let seq = Sequence::open(&config.box_.state_dir.join("seq"), floor)?;
+    Ok(Sinks { seq, jsonl, review, mqtt })
 }
 
 /// Starts one pipeline per source; if one cannot start, those already running are stopped.
@@ -249,7 +257,7 @@ pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> 
         m.set_model(&loaded.model.card.name, &loaded.sha256);
     }
     let token = config.http.token_file.as_deref().map(|p| read_secret(p, "http.token_file")).transpose()?;
-    let Sinks { jsonl, review, mqtt } = open_sinks(&config, &metrics)?;
+    let Sinks { seq, jsonl, review, mqtt } = open_sinks(&config, &metrics)?;
     let (outbox, publisher) = mqtt.unzip();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -276,7 +284,7 @@ pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> 
         })
         .collect();
     let keep_review_frames = review.is_some();
-    let dispatcher = Dispatcher::new(finished_rx, jsonl, outbox, review, routes, latest.clone());
+    let dispatcher = Dispatcher::new(finished_rx, jsonl, outbox, review, routes, latest.clone(), seq);
     let dispatcher = spawn("dispatch".into(), move || dispatcher.run())?;
     let publisher = publisher.map(|p| runtime.spawn(p.run()));
 

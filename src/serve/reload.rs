@@ -1,6 +1,7 @@
 //! Model hot reload: when a model file changes, or on SIGHUP (which also re-reads the
 //! config's sha256 pins), the affected sources load the new file. A refused or broken
-//! file is reported and the old model keeps serving.
+//! file is reported once per content and the old model keeps serving; the file turning
+//! back into the served model is reported too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecursiveMode, Watcher};
 
 use super::ServeError;
@@ -49,7 +51,9 @@ impl Reloader {
         let (tx, rx) = mpsc::channel::<Request>();
         let watch_tx = tx.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
+            if let Ok(event) = event
+                && changes_content(&event.kind)
+            {
                 for path in event.paths {
                     let _ = watch_tx.send(Request::Changed(path));
                 }
@@ -88,6 +92,7 @@ impl Reloader {
                 }
                 if all {
                     refresh_pins(&config_path, &targets);
+                    targets.iter().for_each(|t| t.slot.forget_rejected());
                 }
                 for target in &targets {
                     let Some(path) = target.slot.path() else { continue };
@@ -108,6 +113,16 @@ impl Reloader {
         drop(self._watcher);
         drop(self.tx);
         let _ = self.thread.join();
+    }
+}
+
+/// Reading a model opens it, and inotify reports that open: treated as a change, every
+/// reload would schedule the next one, SETTLE later, for ever.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -138,6 +153,18 @@ fn refresh_pins(config_path: &Path, targets: &[Target]) {
 fn reload_one(Target { name, slot, counters: metrics }: &Target) {
     match slot.reload() {
         ReloadOutcome::Unchanged => tracing::debug!("source {name}: model unchanged"),
+        ReloadOutcome::StillRejected => {
+            tracing::debug!("source {name}: model file still holds the rejected bytes")
+        }
+        ReloadOutcome::Restored => {
+            metrics.reload("restored");
+            let loaded = slot.current();
+            tracing::info!(
+                "source {name}: the model file is back to the model being served, {} (sha256 {})",
+                loaded.model,
+                &loaded.sha256[..12]
+            );
+        }
         ReloadOutcome::Reloaded { sha256 } => {
             let loaded = slot.current();
             metrics.set_model(&loaded.model.card.name, &sha256);

@@ -1,4 +1,5 @@
-//! Where decisions go: a JSONL file, MQTT (through an on-disk spool), review frames.
+//! Where decisions go: a JSONL file, MQTT (through an on-disk spool), review frames; each
+//! result numbered by the box's sequence (`seq`).
 //! One dispatcher thread writes every result to every sink in arrival order; a folder
 //! file is moved or deleted, and an upload answered, only after that.
 //!
@@ -9,6 +10,7 @@ pub mod jsonl;
 pub mod mqtt;
 pub mod record;
 pub mod review;
+pub mod seq;
 pub mod spool;
 
 use serde::Deserialize;

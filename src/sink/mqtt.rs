@@ -136,11 +136,6 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// The seq the next appended result will get.
-    pub fn next_seq(&self) -> u64 {
-        self.shared.spool().next_seq()
-    }
-
     pub fn append(&self, topic: &str, payload: &str) -> Result<(), SpoolError> {
         let mut spool = self.shared.spool();
         let appended = spool.append(topic, payload);

@@ -8,8 +8,9 @@ pub use crate::record::ResultBody;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ResultLine {
-    /// Position in the box's MQTT spool: strictly increasing across restarts, so a
-    /// consumer can drop the duplicates an at-least-once replay may bring. Only with MQTT.
+    /// The box's result sequence ([`crate::sink::seq`]): strictly increasing across
+    /// restarts, the same in every sink, so a consumer can drop the duplicates an
+    /// at-least-once replay may bring. Set by the dispatcher before any sink sees the line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     /// Arrival time, milliseconds since the Unix epoch.

@@ -125,7 +125,8 @@ impl Spool {
         Ok(spool)
     }
 
-    /// The seq the next appended line will get (to write it into the payload).
+    /// The position the next appended line will get (until the box's sequence existed,
+    /// this was the results' `seq`).
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
