@@ -221,7 +221,12 @@ fn normalise<'o, T: Copy + Into<f32>>(
 
 /// Channel `FROM` of each `C`-sample pixel, scaled.
 #[inline(always)]
-fn pick<T: Copy + Into<f32>, const C: usize, const FROM: usize>(dst: &mut [f32], src: &[T], gain: f32, bias: f32) {
+fn pick<T: Copy + Into<f32>, const C: usize, const FROM: usize>(
+    dst: &mut [f32],
+    src: &[T],
+    gain: f32,
+    bias: f32,
+) {
     for (d, s) in dst.iter_mut().zip(src.chunks_exact(C)) {
         *d = s[FROM].into() * gain + bias;
     }
