@@ -1,17 +1,23 @@
 //! The one thread that writes results to the sinks, in the order workers finish them.
-//! A folder file is moved or deleted, and an upload answered, only after its result is
-//! written; a sink that fails keeps its lines in memory and retries, so no result is lost.
+//! A folder file is moved or deleted, and an upload answered, only once its result is
+//! written to every sink; a sink that fails keeps its lines in memory and retries them
+//! (a full disk, say), so no result is lost, and the files and uploads wait with them.
 //! Each result gets the box's next `seq` here, the same number in every sink.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use super::config::{AfterProcessing, FolderConfig};
-use super::job::{Finished, ReplyOk};
+use super::job::{Finished, Reply, ReplyOk};
 use crate::decide::Verdict;
+use crate::sink::health::{WriteHealth, now_ms};
 use crate::sink::jsonl::JsonlSink;
 use crate::sink::mqtt::Outbox;
 use crate::sink::review::ReviewSink;
@@ -70,9 +76,88 @@ pub struct Dispatcher {
     seq_failing: bool,
     /// Results waiting for a seq, in arrival order: the high-water mark could not be stored.
     unnumbered: VecDeque<Finished>,
-    pending_jsonl: VecDeque<String>,
+    pending_jsonl: Backlog<String>,
     /// (topic, line)
-    pending_mqtt: VecDeque<(Arc<str>, String)>,
+    pending_mqtt: Backlog<(Arc<str>, String)>,
+    /// Results whose file or upload waits for them to be written, in order.
+    settling: VecDeque<Settling>,
+}
+
+/// A result's folder file and upload, waiting for its lines to be written.
+struct Settling {
+    source: usize,
+    file: Option<PathBuf>,
+    reply: Option<oneshot::Sender<Reply>>,
+    answer: ReplyOk,
+    /// Its line's position in each sink's backlog.
+    jsonl: Option<u64>,
+    mqtt: Option<u64>,
+}
+
+/// While a sink keeps failing, a reminder this often (besides the lines when it starts
+/// failing and when it writes again).
+const STILL_FAILING_EVERY: Duration = Duration::from_secs(60);
+
+/// One sink's results not yet written, oldest first, and the sink's health.
+struct Backlog<T> {
+    what: &'static str,
+    lines: VecDeque<T>,
+    health: Option<Arc<WriteHealth>>,
+    /// Lines pushed and lines written since the start: the line at position p is written
+    /// once `written > p`.
+    pushed: u64,
+    written: u64,
+    /// Lines at the front already counted as failed results.
+    counted: usize,
+    reminded: Option<Instant>,
+}
+
+impl<T> Backlog<T> {
+    fn new(what: &'static str, health: Option<Arc<WriteHealth>>) -> Self {
+        Backlog { what, lines: VecDeque::new(), health, pushed: 0, written: 0, counted: 0, reminded: None }
+    }
+
+    /// Queues a line; its position.
+    fn push(&mut self, line: T) -> u64 {
+        self.lines.push_back(line);
+        self.pushed += 1;
+        self.pushed - 1
+    }
+
+    fn is_written(&self, position: u64) -> bool {
+        self.written > position
+    }
+
+    /// Writes lines from the front until the sink refuses one. Logged once when the sink
+    /// starts failing, every `STILL_FAILING_EVERY` while it does, and once when it writes
+    /// again; every line that had to wait is counted once.
+    fn write<E: Display>(&mut self, mut write: impl FnMut(&T) -> Result<(), E>) {
+        let Some(health) = self.health.clone() else { return };
+        while let Some(line) = self.lines.front() {
+            if let Err(e) = write(line) {
+                let waiting = self.lines.len();
+                if health.failing_since_ms.load(Relaxed) == 0 {
+                    health.failing_since_ms.store(now_ms(), Relaxed);
+                    self.reminded = Some(Instant::now());
+                    tracing::error!("{e}; {waiting} result(s) wait in memory and are retried");
+                } else if self.reminded.is_none_or(|t| t.elapsed() >= STILL_FAILING_EVERY) {
+                    self.reminded = Some(Instant::now());
+                    tracing::error!("{e}; still failing, {waiting} result(s) waiting");
+                }
+                break;
+            }
+            self.lines.pop_front();
+            self.written += 1;
+            self.counted = self.counted.saturating_sub(1);
+        }
+        if self.lines.is_empty() && health.failing_since_ms.swap(0, Relaxed) != 0 {
+            tracing::info!("{}: writing again; every result that waited is written", self.what);
+        }
+        let new = self.lines.len() - self.counted;
+        health.failed_results.fetch_add(new as u64, Relaxed);
+        self.counted = self.lines.len();
+        health.waiting.store(self.lines.len() as u64, Relaxed);
+    }
 }
 
 impl Dispatcher {
@@ -85,6 +170,8 @@ impl Dispatcher {
         latest: Arc<Latest>,
         seq: Sequence,
     ) -> Self {
+        let jsonl_health = jsonl.as_ref().map(|j| j.counters().health.clone());
+        let spool_health = mqtt.as_ref().map(|m| m.counters().spool.clone());
         Dispatcher {
             rx,
             jsonl,
@@ -95,8 +182,9 @@ impl Dispatcher {
             seq,
             seq_failing: false,
             unnumbered: VecDeque::new(),
-            pending_jsonl: VecDeque::new(),
-            pending_mqtt: VecDeque::new(),
+            pending_jsonl: Backlog::new("sinks.jsonl", jsonl_health),
+            pending_mqtt: Backlog::new("sinks.mqtt spool", spool_health),
+            settling: VecDeque::new(),
         }
     }
 
@@ -131,12 +219,17 @@ impl Dispatcher {
         for Finished { line, .. } in &self.unnumbered {
             tracing::error!("result without a seq, not written to any sink: {}", line.to_json());
         }
-        for line in &self.pending_jsonl {
+        for line in &self.pending_jsonl.lines {
             // The file refused them to the end; the log is the last place they can go.
             tracing::error!("result not written to the JSONL file: {line}");
         }
-        for (_, line) in &self.pending_mqtt {
+        for (_, line) in &self.pending_mqtt.lines {
             tracing::error!("result not written to the MQTT spool: {line}");
+        }
+        for Settling { file, .. } in &self.settling {
+            if let Some(path) = file {
+                tracing::warn!("{}: left in place: its result is not written to every sink", path.display());
+            }
         }
     }
 
@@ -167,39 +260,27 @@ impl Dispatcher {
     fn handle(&mut self, finished: Finished) {
         let Finished { source, line, review, file, reply, .. } = finished;
         let json = Arc::new(line.to_json());
-        if self.jsonl.is_some() {
-            self.pending_jsonl.push_back(json.to_string());
-        }
-        if self.mqtt.is_some()
-            && let Some(topic) = self.routes.get(source).and_then(|r| r.topic.clone())
-        {
-            self.pending_mqtt.push_back((topic, json.to_string()));
-        }
-        let durable = self.write_pending();
+        let jsonl = self.jsonl.is_some().then(|| self.pending_jsonl.push(json.to_string()));
+        let mqtt = match (&self.mqtt, self.routes.get(source).and_then(|r| r.topic.clone())) {
+            (Some(_), Some(topic)) => Some(self.pending_mqtt.push((topic, json.to_string()))),
+            _ => None,
+        };
+        self.write_pending();
         if let (Some(sink), Some(image), Some(Verdict::Review)) = (&mut self.review, &review, line.verdict())
             && let Err(e) = sink.save(line.ts_ms, &line.source, line.label().unwrap_or("none"), image, &json)
         {
             tracing::error!("{e}");
         }
         self.latest.push(source, json.clone());
-        if let Some(reply) = reply {
-            let _ = reply.send(Ok(ReplyOk { json, decided: line.verdict().is_some() }));
-        }
-        if let Some(path) = file {
-            if durable {
-                self.after_processing(source, &path);
-            } else {
-                tracing::warn!(
-                    "{}: kept in place: its result is not yet written to every sink",
-                    path.display()
-                );
-            }
-        }
+        let answer = ReplyOk { json, decided: line.verdict().is_some() };
+        self.settling.push_back(Settling { source, file, reply, answer, jsonl, mqtt });
+        self.settle();
     }
 
     fn idle(&mut self) {
         self.number_and_write();
         self.write_pending();
+        self.settle();
         if let Some(j) = &mut self.jsonl
             && let Err(e) = j.tick()
         {
@@ -212,35 +293,36 @@ impl Dispatcher {
         }
     }
 
-    /// Writes what is waiting; true when nothing is left waiting.
-    fn write_pending(&mut self) -> bool {
+    /// Writes what is waiting, in order, until a sink refuses.
+    fn write_pending(&mut self) {
         if let Some(sink) = &mut self.jsonl {
-            while let Some(line) = self.pending_jsonl.front() {
-                match sink.write(line) {
-                    Ok(()) => {
-                        self.pending_jsonl.pop_front();
-                    }
-                    Err(e) => {
-                        tracing::error!("{e} ({} results waiting)", self.pending_jsonl.len());
-                        break;
-                    }
-                }
-            }
+            self.pending_jsonl.write(|line| sink.write(line));
         }
         if let Some(m) = &self.mqtt {
-            while let Some((topic, line)) = self.pending_mqtt.front() {
-                match m.append(topic, line) {
-                    Ok(()) => {
-                        self.pending_mqtt.pop_front();
-                    }
-                    Err(e) => {
-                        tracing::error!("{e} ({} results waiting)", self.pending_mqtt.len());
-                        break;
-                    }
-                }
+            self.pending_mqtt.write(|(topic, line)| m.append(topic, line));
+        }
+    }
+
+    /// Moves or deletes the folder files, and answers the uploads, of the results now
+    /// written to every sink: oldest first, so a result waits for those before it.
+    fn settle(&mut self) {
+        while let Some(front) = self.settling.front() {
+            let written = |position: Option<u64>, backlog: &dyn Fn(u64) -> bool| position.is_none_or(backlog);
+            if !written(front.jsonl, &|p| self.pending_jsonl.is_written(p))
+                || !written(front.mqtt, &|p| self.pending_mqtt.is_written(p))
+            {
+                return;
+            }
+            let Some(Settling { source, file, reply, answer, .. }) = self.settling.pop_front() else {
+                return;
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(answer));
+            }
+            if let Some(path) = file {
+                self.after_processing(source, &path);
             }
         }
-        self.pending_jsonl.is_empty() && self.pending_mqtt.is_empty()
     }
 
     fn after_processing(&self, source: usize, path: &Path) {

@@ -22,6 +22,7 @@ use super::dispatch::Latest;
 use super::job::{Job, Payload, Refusal};
 use super::metrics::{Metrics, SourceMetrics};
 use super::queue::{BoundedQueue, Pushed};
+use crate::sink::health::{WriteHealth, now_ms};
 
 /// What the API sees of one source's pipeline.
 pub struct SourceHandle {
@@ -34,12 +35,16 @@ pub struct SourceHandle {
 
 pub struct ApiState {
     pub sources: Vec<SourceHandle>,
+    /// The sinks configured, whose health `/readyz` reports.
+    pub jsonl: bool,
+    pub mqtt: bool,
     pub metrics: Arc<Metrics>,
     pub latest: Arc<Latest>,
     pub token: Option<String>,
 }
 
-/// How long an upload waits for its verdict before the client is told to retry.
+/// How long an upload waits for its result to be decided and written to every sink before
+/// the client is told to retry (a sink that cannot write, a full disk, holds the answer).
 const INFER_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
@@ -132,9 +137,45 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
         ready &= up;
         sources.insert(s.name.clone(), serde_json::json!({ "up": up, "state": s.state() }));
     }
+    let mut sinks = serde_json::Map::new();
+    let writing = |h: &WriteHealth| {
+        let failing_for_ms = h.failing_for_ms();
+        let state = serde_json::json!({
+            "writing": failing_for_ms.is_none(),
+            "failing_for_ms": failing_for_ms,
+            "waiting": h.waiting.load(Relaxed),
+        });
+        (failing_for_ms.is_none(), state)
+    };
+    if state.jsonl {
+        let (ok, jsonl) = writing(&state.metrics.jsonl.health);
+        ready &= ok;
+        sinks.insert("jsonl".into(), jsonl);
+    }
+    if state.mqtt {
+        let mqtt = &state.metrics.mqtt;
+        let (spool_ok, spool) = writing(&mqtt.spool);
+        let since = mqtt.disconnected_since_ms.load(Relaxed);
+        let disconnected_for_ms = (since != 0).then(|| now_ms().saturating_sub(since));
+        let broker_ok = disconnected_for_ms.is_none_or(|ms| ms < BROKER_GRACE.as_millis() as u64);
+        ready &= spool_ok && broker_ok;
+        sinks.insert(
+            "mqtt".into(),
+            serde_json::json!({
+                "connected": mqtt.connected.load(Relaxed),
+                "disconnected_for_ms": disconnected_for_ms,
+                "spool": spool,
+            }),
+        );
+    }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(serde_json::json!({ "ready": ready, "sources": sources }))).into_response()
+    let body = serde_json::json!({ "ready": ready, "sources": sources, "sinks": sinks });
+    (status, axum::Json(body)).into_response()
 }
+
+/// How long the MQTT broker may be unreachable before `/readyz` says not ready: results
+/// spool meanwhile, and a broker restart should not page anyone.
+const BROKER_GRACE: Duration = Duration::from_secs(60);
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
     for s in &state.sources {
@@ -226,10 +267,15 @@ async fn infer(
             Ok((status, [(header::CONTENT_TYPE, "application/json")], reply.json.to_string()).into_response())
         }
         Ok(Ok(Err(why))) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why.to_string())),
-        Ok(Err(_)) => {
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the daemon stopped before deciding"))
-        }
-        Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "no verdict within 30 s")),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon stopped before the result was written",
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "no result written within 30 s (a long queue, or a sink that cannot write: see /readyz); \
+             a result decided later is still written",
+        )),
     }
 }
 

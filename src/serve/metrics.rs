@@ -232,7 +232,7 @@ impl Metrics {
             );
         }
         let (jsonl, mqtt, review) = (&self.jsonl, &self.mqtt, &self.review);
-        let sink_values: [(&str, &str, &str, u64); 9] = [
+        let sink_values: [(&str, &str, &str, u64); 12] = [
             (
                 "edge_kd_jsonl_lines_total",
                 "Result lines appended to the JSONL file.",
@@ -241,9 +241,15 @@ impl Metrics {
             ),
             (
                 "edge_kd_jsonl_errors_total",
-                "Failed JSONL writes (the result is kept in memory and retried).",
+                "Results the JSONL file refused when they came (each counted once; kept in memory and retried).",
                 "counter",
-                jsonl.errors.load(Relaxed),
+                jsonl.health.failed_results.load(Relaxed),
+            ),
+            (
+                "edge_kd_jsonl_waiting",
+                "Results waiting in memory for the JSONL file to take them.",
+                "gauge",
+                jsonl.health.waiting.load(Relaxed),
             ),
             (
                 "edge_kd_mqtt_connected",
@@ -270,6 +276,18 @@ impl Metrics {
                 mqtt.pending.load(Relaxed),
             ),
             ("edge_kd_mqtt_errors_total", "MQTT connection errors.", "counter", mqtt.errors.load(Relaxed)),
+            (
+                "edge_kd_mqtt_spool_errors_total",
+                "Results the MQTT spool refused when they came (each counted once; kept in memory and retried).",
+                "counter",
+                mqtt.spool.failed_results.load(Relaxed),
+            ),
+            (
+                "edge_kd_mqtt_spool_waiting",
+                "Results waiting in memory for the MQTT spool to take them.",
+                "gauge",
+                mqtt.spool.waiting.load(Relaxed),
+            ),
             (
                 "edge_kd_review_frames_total",
                 "Frames saved for review.",

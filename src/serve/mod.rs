@@ -296,6 +296,8 @@ pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> 
 
     let api = Arc::new(http::ApiState {
         sources: config.sources.iter().zip(&pipelines).map(|(s, p)| p.handle(s.http.is_some())).collect(),
+        jsonl: config.sinks.jsonl.is_some(),
+        mqtt: config.sinks.mqtt.is_some(),
         metrics: metrics.clone(),
         latest,
         token,

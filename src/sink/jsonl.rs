@@ -1,8 +1,11 @@
 //! The results file: one JSON line per frame, appended; fsync as configured; rotated by
-//! size (`results.jsonl` → `results.jsonl.1` → ... up to `keep`).
+//! size (`results.jsonl` → `results.jsonl.1` → ... up to `keep`). A reader only ever sees
+//! whole lines: a write that fails part-way (a full disk) is cut back to the last line's end
+//! before the caller tries again, and a torn last line left by a crash is cut when the file
+//! is opened.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -10,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use super::health::WriteHealth;
 use super::{FsyncPolicy, InvalidKey, default_fsync, default_fsync_interval, invalid};
 
 /// `[sinks.jsonl]`.
@@ -48,12 +52,12 @@ impl JsonlConfig {
     }
 }
 
-/// What the sink did, for `/metrics`.
+/// What the sink did, for `/metrics` and `/readyz`.
 #[derive(Debug, Default)]
 pub struct JsonlCounters {
     pub lines: AtomicU64,
-    /// Failed writes (the caller keeps the line and tries again).
-    pub errors: AtomicU64,
+    /// Kept by the writer, which holds and retries what the file refused.
+    pub health: Arc<WriteHealth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,9 @@ pub struct JsonlSink {
     size: u64,
     last_sync: Instant,
     unsynced: bool,
+    /// The end of the last whole line, when cutting back to it failed: done before the next
+    /// write.
+    cut_pending: Option<u64>,
 }
 
 impl JsonlSink {
@@ -78,37 +85,71 @@ impl JsonlSink {
         if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let file = open_append(&config.path).map_err(err)?;
+        let mut file = open_append(&config.path).map_err(err)?;
         let size = file.metadata().map_err(err)?.len();
+        let whole = whole_lines_end(&mut file, size).map_err(err)?;
+        if whole < size {
+            file.set_len(whole).map_err(err)?;
+            file.sync_data().map_err(err)?;
+            tracing::warn!(
+                "{}: cut a torn last line of {} bytes (a write that did not finish before a crash; \
+                 its input had not been let go and is processed again)",
+                config.path.display(),
+                size - whole
+            );
+        }
         Ok(JsonlSink {
             config: config.clone(),
             counters,
             file,
-            size,
+            size: whole,
             last_sync: Instant::now(),
             unsynced: false,
+            cut_pending: None,
         })
     }
 
     /// Appends one line (without its newline). A failed write leaves the file as it was
     /// as far as the caller knows: the caller keeps the line and tries again.
     pub fn write(&mut self, line: &str) -> Result<(), JsonlError> {
-        let written = self.append(line);
-        let counter = if written.is_ok() { &self.counters.lines } else { &self.counters.errors };
-        counter.fetch_add(1, Relaxed);
-        written
+        self.append(line)?;
+        self.counters.lines.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    pub fn counters(&self) -> &Arc<JsonlCounters> {
+        &self.counters
     }
 
     fn append(&mut self, line: &str) -> Result<(), JsonlError> {
+        if let Some(end) = self.cut_pending {
+            self.file.set_len(end).map_err(|source| self.error(source))?;
+            self.cut_pending = None;
+        }
         let len = line.len() as u64 + 1;
         if self.config.rotate_bytes > 0 && self.size > 0 && self.size + len > self.config.rotate_bytes {
             self.rotate()?;
         }
+        let end = self.size;
+        let written = self.write_line(line);
+        if written.is_err() {
+            // Part of the line may be in the file (a short write), or all of it unsynced: cut
+            // it off, so no reader sees a torn line and the caller's retry does not add it twice.
+            if let Err(e) = self.file.set_len(end) {
+                tracing::warn!("{}: cannot cut a failed write back yet: {e}", self.config.path.display());
+                self.cut_pending = Some(end);
+            }
+            self.size = end;
+        }
+        written
+    }
+
+    fn write_line(&mut self, line: &str) -> Result<(), JsonlError> {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
         self.file.write_all(&buf).map_err(|source| self.error(source))?;
-        self.size += len;
+        self.size += buf.len() as u64;
         self.unsynced = true;
         match self.config.fsync {
             FsyncPolicy::Always => self.sync()?,
@@ -173,12 +214,29 @@ impl JsonlSink {
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    OpenOptions::new().create(true).read(true).append(true).open(path)
+}
+
+/// Where the file's last whole line ends: `size` when it ends with a newline (or is empty).
+fn whole_lines_end(file: &mut File, size: u64) -> std::io::Result<u64> {
+    let mut end = size;
+    let mut chunk = [0u8; 4096];
+    while end > 0 {
+        let n = chunk.len().min(end as usize);
+        file.seek(SeekFrom::Start(end - n as u64))?;
+        file.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|&b| b == b'\n') {
+            return Ok(end - n as u64 + i as u64 + 1);
+        }
+        end -= n as u64;
+    }
+    Ok(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::small_disk::{SmallDisk, fill};
 
     #[test]
     fn rotates_by_size_and_keeps_the_configured_number_of_files() {
@@ -196,12 +254,57 @@ mod tests {
         for i in 0..10 {
             sink.write(&format!("{{\"n\":{i:03}}}")).unwrap(); // 11 bytes + newline
         }
-        assert_eq!((counters.lines.load(Relaxed), counters.errors.load(Relaxed)), (10, 0));
+        assert_eq!(counters.lines.load(Relaxed), 10);
         sink.flush().unwrap();
         let read = |p: &Path| std::fs::read_to_string(p).unwrap();
         assert_eq!(read(&path), "{\"n\":008}\n{\"n\":009}\n");
         assert_eq!(read(&dir.path().join("r.jsonl.1")), "{\"n\":006}\n{\"n\":007}\n");
         assert_eq!(read(&dir.path().join("r.jsonl.2")), "{\"n\":004}\n{\"n\":005}\n");
         assert!(!dir.path().join("r.jsonl.3").exists());
+    }
+
+    fn config(path: PathBuf) -> JsonlConfig {
+        JsonlConfig { path, fsync: FsyncPolicy::Always, fsync_interval_ms: 1000, rotate_bytes: 0, keep: 5 }
+    }
+
+    #[test]
+    fn a_torn_last_line_left_by_a_crash_is_cut_when_the_file_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        std::fs::write(&path, "{\"n\":1}\n{\"n\":2}\n{\"n\":3,\"la").unwrap();
+        let mut sink = JsonlSink::open(&config(path.clone()), Arc::default()).unwrap();
+        sink.write("{\"n\":3}").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n");
+        // No newline at all: the whole file was one torn line.
+        std::fs::write(&path, "x".repeat(10_000)).unwrap();
+        JsonlSink::open(&config(path.clone()), Arc::default()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+
+    #[test]
+    fn a_write_cut_short_by_a_full_disk_leaves_whole_lines_and_its_retry_writes_it_once() {
+        let disk = match SmallDisk::mount(256 << 10) {
+            Ok(disk) => disk,
+            Err(why) => return eprintln!("skipped: {why}"),
+        };
+        let path = disk.path().join("r.jsonl");
+        let counters = Arc::new(JsonlCounters::default());
+        let mut sink = JsonlSink::open(&config(path.clone()), counters.clone()).unwrap();
+        sink.write("{\"n\":1}").unwrap();
+        // The rest of the disk filled: the next line fits only in part of the file's page.
+        let filler = fill(&disk);
+        let long = format!("{{\"n\":2,\"pad\":\"{}\"}}", "p".repeat(20_000));
+        let err = sink.write(&long).unwrap_err();
+        assert_eq!(err.source.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":1}\n", "a reader sees only whole lines");
+        // Space back: the caller's retry writes the line once.
+        std::fs::remove_file(&filler).unwrap();
+        sink.write(&long).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{{\"n\":1}}\n{long}\n"),
+            "nothing between"
+        );
+        assert_eq!(counters.lines.load(Relaxed), 2);
     }
 }

@@ -6,11 +6,14 @@
 //! Each sink owns its `[sinks.*]` table (a serde type the daemon's config embeds) and its
 //! counters (atomics the daemon's `/metrics` reads); nothing here knows about the daemon.
 
+pub mod health;
 pub mod jsonl;
 pub mod mqtt;
 pub mod record;
 pub mod review;
 pub mod seq;
+#[cfg(test)]
+mod small_disk;
 pub mod spool;
 
 use serde::Deserialize;

@@ -19,6 +19,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Pa
 use serde::Deserialize;
 use tokio::sync::Notify;
 
+use super::health::{WriteHealth, now_ms};
 use super::spool::{Spool, SpoolError};
 use super::{FsyncPolicy, InvalidKey, default_fsync, default_fsync_interval, invalid};
 
@@ -106,6 +107,11 @@ pub struct MqttCounters {
     pub pending: AtomicU64,
     /// Lost connections and failed connection attempts.
     pub errors: AtomicU64,
+    /// Unix ms since when the broker has been unreachable (from the start until the first
+    /// connection); 0 while connected.
+    pub disconnected_since_ms: AtomicU64,
+    /// Writes to the spool, kept by the writer, which holds and retries what it refused.
+    pub spool: Arc<WriteHealth>,
 }
 
 /// What the outbox and the publisher share.
@@ -147,6 +153,10 @@ impl Outbox {
         Ok(())
     }
 
+    pub fn counters(&self) -> &Arc<MqttCounters> {
+        &self.shared.counters
+    }
+
     /// See [`Spool::tick`].
     pub fn tick(&self) -> Result<(), SpoolError> {
         self.shared.spool().tick()
@@ -177,6 +187,7 @@ pub fn open(
     drain: Duration,
 ) -> (Outbox, Publisher) {
     counters.pending.store(spool.pending(), Relaxed);
+    counters.disconnected_since_ms.store(now_ms(), Relaxed);
     let shared = Arc::new(Shared {
         spool: Mutex::new(spool),
         counters,
@@ -220,6 +231,12 @@ impl Publisher {
                 Session::Done => break,
                 Session::Lost(why) => {
                     self.shared.counters.connected.store(false, Relaxed);
+                    let _ = self.shared.counters.disconnected_since_ms.compare_exchange(
+                        0,
+                        now_ms(),
+                        Relaxed,
+                        Relaxed,
+                    );
                     self.shared.counters.errors.fetch_add(1, Relaxed);
                     tracing::warn!(
                         "MQTT {}:{}: {why}; {} results spooled, retrying in {:?}",
@@ -277,6 +294,7 @@ impl Publisher {
             return Session::Lost(why);
         }
         self.shared.counters.connected.store(true, Relaxed);
+        self.shared.counters.disconnected_since_ms.store(0, Relaxed);
         tracing::info!("MQTT: connected to {}:{}", self.config.host, self.config.port);
         let online = serde_json::json!({
             "state": "online",
@@ -294,6 +312,7 @@ impl Publisher {
         let mut next = self.shared.spool().acked();
         let mut deadline = drain_deadline;
         let mut said_offline = false;
+        let mut ack_failing = false;
         loop {
             let outstanding = requested.len() + in_flight.len();
             if outstanding < self.config.window {
@@ -363,8 +382,18 @@ impl Publisher {
                         }
                     }
                     if let Some(upto) = acked_upto {
-                        if let Err(e) = self.shared.spool().ack(upto) {
-                            tracing::error!("{e}");
+                        // Not recorded (a full disk): the next start publishes these again
+                        // (same seq). Logged once until recording works again.
+                        match self.shared.spool().ack(upto) {
+                            Err(e) if !ack_failing => {
+                                ack_failing = true;
+                                tracing::error!("{e}; the results since are published again after a restart");
+                            }
+                            Ok(()) if ack_failing => {
+                                ack_failing = false;
+                                tracing::info!("MQTT spool: acknowledgements recorded again");
+                            }
+                            _ => {}
                         }
                         self.pending();
                     }

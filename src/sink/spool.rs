@@ -42,7 +42,10 @@ pub struct Spool {
     /// First seq of each segment, ascending; the last one is appended to.
     segments: Vec<u64>,
     writer: File,
+    /// The end of the last whole record in the segment appended to.
     writer_bytes: u64,
+    /// Cutting a failed append back failed: done before the next one.
+    cut_pending: bool,
     next_seq: u64,
     acked: u64,
     /// Where the last read stopped: (seq of the next line, segment, byte offset), so
@@ -109,6 +112,7 @@ impl Spool {
             segments,
             writer,
             writer_bytes: complete_bytes,
+            cut_pending: false,
             next_seq,
             acked,
             cursor: None,
@@ -149,17 +153,41 @@ impl Spool {
         line.push(b'\t');
         line.extend_from_slice(payload.as_bytes());
         line.push(b'\n');
-        self.writer.write_all(&line).map_err(|e| self.error(format!("cannot append: {e}")))?;
+        if let Err(e) = self.write_line(&line) {
+            // Part of the line may be in the segment (a short write on a full disk), or all of
+            // it unsynced: cut it off, so the publisher never reads a torn record and the
+            // caller's retry does not spool it twice.
+            if let Err(cut) = self.cut_back() {
+                tracing::warn!("{}: cannot cut a failed append back yet: {cut}", self.dir.display());
+                self.cut_pending = true;
+            }
+            return Err(e);
+        }
         self.writer_bytes += line.len() as u64;
         let seq = self.next_seq;
         self.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Back to the end of the last whole record. The writer is not in append mode (it is
+    /// positioned at open), so it must follow, or the next record would start after a hole.
+    fn cut_back(&mut self) -> std::io::Result<()> {
+        self.writer.set_len(self.writer_bytes)?;
+        self.writer.seek(SeekFrom::Start(self.writer_bytes)).map(drop)
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> Result<(), SpoolError> {
+        if self.cut_pending {
+            self.cut_back().map_err(|e| self.error(format!("cannot cut back: {e}")))?;
+            self.cut_pending = false;
+        }
+        self.writer.write_all(line).map_err(|e| self.error(format!("cannot append: {e}")))?;
         self.unsynced = true;
         match self.fsync {
-            FsyncPolicy::Always => self.sync_now()?,
-            FsyncPolicy::Interval if self.interval_passed() => self.sync_now()?,
-            _ => {}
+            FsyncPolicy::Always => self.sync_now(),
+            FsyncPolicy::Interval if self.interval_passed() => self.sync_now(),
+            _ => Ok(()),
         }
-        Ok(seq)
     }
 
     /// Called when the dispatcher is idle, so that under `interval` the last lines of a
@@ -331,6 +359,7 @@ fn count_complete_lines(path: &Path) -> Result<(u64, u64), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::small_disk::{SmallDisk, fill};
 
     const SECOND: Duration = Duration::from_secs(1);
 
@@ -460,5 +489,32 @@ mod tests {
         never.append("t", "two").unwrap();
         never.sync().unwrap();
         assert!(never.unsynced, "never leaves every line to the kernel, even at shutdown");
+    }
+
+    #[test]
+    fn an_append_cut_short_by_a_full_disk_leaves_no_torn_record_and_its_retry_spools_it_once() {
+        let disk = match SmallDisk::mount(256 << 10) {
+            Ok(disk) => disk,
+            Err(why) => return eprintln!("skipped: {why}"),
+        };
+        let dir = disk.path().join("spool");
+        let mut spool = Spool::open(&dir, FsyncPolicy::Always, SECOND).unwrap();
+        assert_eq!(spool.append("t/a", "{\"i\":0}").unwrap(), 0);
+        let filler = fill(&disk);
+        let long = format!("{{\"i\":1,\"pad\":\"{}\"}}", "p".repeat(20_000));
+        let err = spool.append("t/a", &long).unwrap_err();
+        assert!(err.message.contains("No space left"), "{err}");
+        assert_eq!((spool.next_seq(), spool.pending()), (1, 1), "a failed append takes no seq");
+        assert_eq!(payloads(&spool.read(0, 10).unwrap()), ["{\"i\":0}"]);
+        std::fs::remove_file(&filler).unwrap();
+        assert_eq!(spool.append("t/a", &long).unwrap(), 1);
+        drop(spool);
+        // What a restart reads: both records, whole, once, and nothing between them.
+        let segment = std::fs::read_to_string(segment_path(&dir, 0)).unwrap();
+        assert_eq!(segment, format!("t/a\t{{\"i\":0}}\nt/a\t{long}\n"));
+        let mut spool = Spool::open(&dir, FsyncPolicy::Always, SECOND).unwrap();
+        let entries = spool.read(0, 10).unwrap();
+        assert_eq!(payloads(&entries), ["{\"i\":0}".to_string(), long]);
+        assert!(entries.iter().all(|e| e.topic == "t/a"));
     }
 }
