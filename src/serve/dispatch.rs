@@ -307,10 +307,9 @@ impl Dispatcher {
     /// written to every sink: oldest first, so a result waits for those before it.
     fn settle(&mut self) {
         while let Some(front) = self.settling.front() {
-            let written = |position: Option<u64>, backlog: &dyn Fn(u64) -> bool| position.is_none_or(backlog);
-            if !written(front.jsonl, &|p| self.pending_jsonl.is_written(p))
-                || !written(front.mqtt, &|p| self.pending_mqtt.is_written(p))
-            {
+            let jsonl_written = front.jsonl.is_none_or(|p| self.pending_jsonl.is_written(p));
+            let mqtt_written = front.mqtt.is_none_or(|p| self.pending_mqtt.is_written(p));
+            if !(jsonl_written && mqtt_written) {
                 return;
             }
             let Some(Settling { source, file, reply, answer, .. }) = self.settling.pop_front() else {

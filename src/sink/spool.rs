@@ -82,7 +82,16 @@ impl Spool {
             .open(&last_path)
             .map_err(|e| err(format!("{}: {e}", last_path.display())))?;
         // A line cut short by a crash was never acknowledged to anyone: drop the fragment.
-        writer.set_len(complete_bytes).map_err(|e| err(e.to_string()))?;
+        let size = writer.metadata().map_err(|e| err(e.to_string()))?.len();
+        if size > complete_bytes {
+            writer.set_len(complete_bytes).map_err(|e| err(e.to_string()))?;
+            tracing::warn!(
+                "MQTT spool {}: cut a torn last record of {} bytes (an append that did not finish \
+                 before a crash; its result had not been let go and is decided again)",
+                last_path.display(),
+                size - complete_bytes
+            );
+        }
         let next_seq = last + lines;
         let acked = match std::fs::read_to_string(dir.join("acked")) {
             // `acked` is not synced under `interval` and `never`: a power cut can leave it
