@@ -142,13 +142,10 @@ fn sigkill_mid_backlog_keeps_seq_strictly_increasing_and_every_file_gets_its_res
     }
     assert_eq!(per_file.len(), FILES, "every file has its result");
     assert_eq!(std::fs::read_dir(&inbox).unwrap().count(), 0);
-    // The one file that can be written twice: its result was written, then the kill came
-    // before it was moved. Its second result has a new seq.
+    // A file whose result was written just before the kill, not yet moved, is moved at the
+    // restart rather than decided again (tests/serve_restart.rs has that case on purpose).
     let twice: Vec<&String> = per_file.iter().filter(|(_, n)| **n > 1).map(|(f, _)| f).collect();
-    assert!(twice.len() <= 1 && per_file.values().all(|&n| n <= 2), "{twice:?}");
-    if let Some(f) = twice.first() {
-        assert_eq!(*f, &file_name(before.last().unwrap()), "only the file in flight at the kill");
-    }
+    assert!(twice.is_empty(), "decided twice: {twice:?}");
 
     // A clean stop stores the exact next seq: the next start continues without a gap.
     let last = *seq.last().unwrap();

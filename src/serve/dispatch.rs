@@ -326,17 +326,18 @@ impl Dispatcher {
 
     fn after_processing(&self, source: usize, path: &Path) {
         let Some(folder) = self.routes.get(source).and_then(|r| r.folder.as_ref()) else { return };
-        let result = match folder.after {
-            AfterProcessing::Keep => return,
-            AfterProcessing::Delete => std::fs::remove_file(path),
-            AfterProcessing::Move => match (&folder.move_to, path.file_name()) {
-                (Some(dir), Some(name)) => std::fs::rename(path, dir.join(name)),
-                _ => return,
-            },
-        };
-        if let Err(e) = result {
+        if let Err(e) = let_go(folder, path) {
             tracing::warn!("{}: processed, but cannot {:?} it: {e}", path.display(), folder.after);
         }
+    }
+}
+
+/// A folder file whose result is written: kept, moved or deleted, as its folder says.
+pub fn let_go(folder: &FolderConfig, path: &Path) -> std::io::Result<()> {
+    match (folder.after, &folder.move_to, path.file_name()) {
+        (AfterProcessing::Delete, ..) => std::fs::remove_file(path),
+        (AfterProcessing::Move, Some(dir), Some(name)) => std::fs::rename(path, dir.join(name)),
+        _ => Ok(()),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod model_slot;
 pub mod pipeline;
 pub mod queue;
+mod recover;
 mod reload;
 pub mod shutdown;
 pub mod worker;
@@ -258,6 +259,8 @@ pub fn run(config: ServeConfig, config_path: PathBuf) -> Result<(), ServeError> 
     }
     let token = config.http.token_file.as_deref().map(|p| read_secret(p, "http.token_file")).transpose()?;
     let Sinks { seq, jsonl, review, mqtt } = open_sinks(&config, &metrics)?;
+    // After the JSONL file is opened (a torn last line is cut, so it does not count).
+    recover::let_go_of_decided_files(&config);
     let (outbox, publisher) = mqtt.unzip();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -213,6 +213,37 @@ impl JsonlSink {
     }
 }
 
+/// What a restart needs of a result line written before it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WrittenResult {
+    pub source: String,
+    pub file: String,
+    pub ts_ms: u64,
+    pub seq: Option<u64>,
+}
+
+/// The results among the last `max_bytes` of the file, oldest first (lines that do not
+/// parse are skipped: a restart only looks for what it can recognise).
+pub fn written_results(path: &Path, max_bytes: u64) -> std::io::Result<Vec<WrittenResult>> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let size = file.metadata()?.len();
+    let start = size.saturating_sub(max_bytes);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.take(max_bytes).read_to_end(&mut tail)?;
+    // From mid-file, the first line is a fragment.
+    let whole = if start > 0 {
+        tail.iter().position(|&b| b == b'\n').map_or(&[][..], |i| &tail[i + 1..])
+    } else {
+        &tail[..]
+    };
+    Ok(whole.split(|&b| b == b'\n').filter_map(|line| serde_json::from_slice(line).ok()).collect())
+}
+
 fn open_append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).read(true).append(true).open(path)
 }
