@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use serde::Deserialize;
@@ -215,10 +215,14 @@ enum Session {
     Done,
 }
 
+/// While the broker stays away, how often a failed reconnection is logged.
+const RECONNECT_LOG_EVERY: Duration = Duration::from_secs(60);
+
 impl Publisher {
     pub async fn run(self) {
         let mut backoff = Duration::from_millis(250);
         let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let mut warned: Option<Instant> = None;
         loop {
             if self.shared.closing.load(Relaxed) {
                 let deadline =
@@ -230,7 +234,7 @@ impl Publisher {
             match self.session(drain_deadline).await {
                 Session::Done => break,
                 Session::Lost(why) => {
-                    self.shared.counters.connected.store(false, Relaxed);
+                    let was_connected = self.shared.counters.connected.swap(false, Relaxed);
                     let _ = self.shared.counters.disconnected_since_ms.compare_exchange(
                         0,
                         now_ms(),
@@ -238,13 +242,18 @@ impl Publisher {
                         Relaxed,
                     );
                     self.shared.counters.errors.fetch_add(1, Relaxed);
-                    tracing::warn!(
-                        "MQTT {}:{}: {why}; {} results spooled, retrying in {:?}",
-                        self.config.host,
-                        self.config.port,
-                        self.pending(),
-                        backoff
-                    );
+                    // A lost connection is logged; failed attempts to get it back once a
+                    // minute (edge_kd_mqtt_errors_total counts each).
+                    if was_connected || warned.is_none_or(|t| t.elapsed() >= RECONNECT_LOG_EVERY) {
+                        warned = Some(Instant::now());
+                        tracing::warn!(
+                            "MQTT {}:{}: {why}; {} results spooled, retrying in {:?}",
+                            self.config.host,
+                            self.config.port,
+                            self.pending(),
+                            backoff
+                        );
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = self.shared.closed.notified() => {}
