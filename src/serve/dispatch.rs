@@ -102,10 +102,9 @@ const STILL_FAILING_EVERY: Duration = Duration::from_secs(60);
 struct Backlog<T> {
     what: &'static str,
     lines: VecDeque<T>,
-    health: Option<Arc<WriteHealth>>,
-    /// Lines pushed and lines written since the start: the line at position p is written
-    /// once `written > p`.
-    pushed: u64,
+    health: Arc<WriteHealth>,
+    /// Lines written since the start: the line pushed at position p is written once
+    /// `written > p`.
     written: u64,
     /// Lines at the front already counted as failed results.
     counted: usize,
@@ -113,15 +112,14 @@ struct Backlog<T> {
 }
 
 impl<T> Backlog<T> {
-    fn new(what: &'static str, health: Option<Arc<WriteHealth>>) -> Self {
-        Backlog { what, lines: VecDeque::new(), health, pushed: 0, written: 0, counted: 0, reminded: None }
+    fn new(what: &'static str, health: Arc<WriteHealth>) -> Self {
+        Backlog { what, lines: VecDeque::new(), health, written: 0, counted: 0, reminded: None }
     }
 
     /// Queues a line; its position.
     fn push(&mut self, line: T) -> u64 {
         self.lines.push_back(line);
-        self.pushed += 1;
-        self.pushed - 1
+        self.written + self.lines.len() as u64 - 1
     }
 
     fn is_written(&self, position: u64) -> bool {
@@ -132,7 +130,7 @@ impl<T> Backlog<T> {
     /// starts failing, every `STILL_FAILING_EVERY` while it does, and once when it writes
     /// again; every line that had to wait is counted once.
     fn write<E: Display>(&mut self, mut write: impl FnMut(&T) -> Result<(), E>) {
-        let Some(health) = self.health.clone() else { return };
+        let health = &self.health;
         while let Some(line) = self.lines.front() {
             if let Err(e) = write(line) {
                 let waiting = self.lines.len();
@@ -170,8 +168,9 @@ impl Dispatcher {
         latest: Arc<Latest>,
         seq: Sequence,
     ) -> Self {
-        let jsonl_health = jsonl.as_ref().map(|j| j.counters().health.clone());
-        let spool_health = mqtt.as_ref().map(|m| m.counters().spool.clone());
+        // A sink that is not configured gets a health nobody reads: its backlog stays empty.
+        let jsonl_health = jsonl.as_ref().map(|j| j.counters().health.clone()).unwrap_or_default();
+        let spool_health = mqtt.as_ref().map(|m| m.counters().spool.clone()).unwrap_or_default();
         Dispatcher {
             rx,
             jsonl,
