@@ -38,24 +38,18 @@ def _hashes(root: Path) -> dict[str, str]:
     }
 
 
+def _generate(cli, out: Path, n: int):
+    return cli(["data", "inspection", "--out", str(out), "--n", str(n), "--seed", "3", "--size", "32"])
+
+
 def test_cli_writes_the_set_the_same_way_every_time(tmp_path, cli):
-    r, evs = cli(["data", "inspection", "--out", str(tmp_path / "a"), "--n", "10", "--seed", "3", "--size", "32"])
+    r, evs = _generate(cli, tmp_path / "a", 10)
     assert r.returncode == 0, r.stderr
     assert evs[0]["event"] == "start" and evs[-1]["event"] == "summary"
     assert evs[-1]["counts"] == dict.fromkeys(CLASSES, 2) and evs[-1]["synthetic"] is True
     assert [e["done"] for e in evs if e["event"] == "progress"][-1] == 10
-    assert (
-        cli(["data", "inspection", "--out", str(tmp_path / "b"), "--n", "10", "--seed", "3", "--size", "32"])[
-            0
-        ].returncode
-        == 0
-    )
-    assert (
-        cli(["data", "inspection", "--out", str(tmp_path / "c"), "--n", "4", "--seed", "3", "--size", "32"])[
-            0
-        ].returncode
-        == 0
-    )
+    assert _generate(cli, tmp_path / "b", 10)[0].returncode == 0
+    assert _generate(cli, tmp_path / "c", 4)[0].returncode == 0
     a, b, c = _hashes(tmp_path / "a"), _hashes(tmp_path / "b"), _hashes(tmp_path / "c")
     assert len(a) == 21 and a == b
     # A smaller N gives the first samples of a larger one, file for file.
@@ -135,9 +129,10 @@ def test_manifest_any_modalities_and_missing_cells(tmp_path):
         ("id,label,rgb\n", ": no samples"),
         ("id,label,rgb\nx,ok,a.png\ny,ok\n", ":3: 2 cells, the header has 3"),
         ("id,label,rgb\nx,ok,a.png\nx,ok,b.png\n", ":3: column id: 'x' already used on line 2"),
+        ('id,label,rgb\n"x\ny",ok,a.png\nx,,a.png\n', ":4: column label is empty"),  # a quoted id spans lines 2-3
         ("id,label,rgb\n,ok,a.png\n", ":2: column id is empty"),
         ("id,label,rgb\nx, ,a.png\n", ":2: column label is empty"),
-        ("id,label,rgb,height\nx,ok,a.png,nope.png\n", ":2: column height: nope.png does not exist"),
+        ("id,label,rgb,height\nx,ok,a.png,nope.png\n", ":2: column height: no such file nope.png"),
         ("id,label,rgb,height\nx,ok,,\n", ":2: every modality is empty"),
     ],
 )

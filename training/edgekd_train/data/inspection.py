@@ -181,8 +181,8 @@ def _jagged_paths(rng: np.random.Generator, grid: _Grid) -> list[np.ndarray]:
 
 
 def _line_profile(grid: _Grid, paths: list[np.ndarray], width: float) -> np.ndarray:
-    """Peak-1 cross-section of a thin line along the polylines of (y, x) points: Gaussian in the distance to the
-    nearest segment, so the line is antialiased rather than drawn in whole pixels."""
+    """Peak-1 cross-section of a thin line along polylines of (y, x) points: Gaussian in the
+    distance to the nearest segment, so the line is antialiased rather than drawn in whole pixels."""
     d2 = np.full(grid.x.shape, np.inf)
     for path in paths:
         for (ay, ax), (by, bx) in zip(path[:-1], path[1:], strict=True):

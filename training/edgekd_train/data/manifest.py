@@ -44,15 +44,17 @@ def read_manifest(path: str | Path) -> Manifest:
     try:
         # utf-8-sig: a manifest saved from a spreadsheet starts with a byte-order mark.
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.reader(f))
+            reader = csv.reader(f)
+            # The reader's own line count: a quoted cell may span lines, so rows are not lines.
+            rows = [(reader.line_num, row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ManifestError(f"{path}: cannot read manifest: {e}") from None
     if not rows:
         raise ManifestError(f"{path}: empty file (expected a header line id,label,<modality>...)")
-    modalities = _modalities(path, rows[0])
+    modalities = _modalities(path, rows[0][1])
     records: list[Record] = []
     first_line: dict[str, int] = {}
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in rows[1:]:
         if not any(cell.strip() for cell in row):
             continue  # a blank line, often the last one
         record = _record(path, line, row, modalities)
@@ -97,7 +99,7 @@ def _record(path: Path, line: int, row: list[str], modalities: tuple[str, ...]) 
             continue
         file = path.parent / cell
         if not file.is_file():
-            raise ManifestError(f"{path}:{line}: column {name}: {cell} does not exist (looked for {file})")
+            raise ManifestError(f"{path}:{line}: column {name}: no such file {cell} (looked for {file})")
         paths[name] = file
     if all(p is None for p in paths.values()):
         raise ManifestError(f"{path}:{line}: every modality is empty; a sample needs at least one")
