@@ -1,4 +1,4 @@
-"""Command line: ``python -m edgekd_train distill|check``.
+"""Command line: ``python -m edgekd_train distill|check|data``.
 
 stdout is reserved for JSON-lines events (events.py); everything human goes to stderr. Exit
 codes: 0 done, 2 config/data error, 130 interrupted, 1 unexpected failure.
@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true")
     d.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     sub.add_parser("check", help="print the environment as one JSON line")
+    data = sub.add_parser("data", help="generate a data set").add_subparsers(dest="dataset", required=True)
+    ins = data.add_parser("inspection", help="the synthetic multimodal inspection set (RGB + 16-bit height)")
+    ins.add_argument("--out", required=True, help="folder for rgb/, height/ and manifest.csv")
+    ins.add_argument("--n", type=int, required=True, help="number of samples (classes balanced)")
+    ins.add_argument("--seed", type=int, default=0)
+    ins.add_argument("--size", type=int, default=64, metavar="PX", help="image side in pixels (default 64)")
+    ins.add_argument("--force", action="store_true", help="write into a non-empty --out")
     return p
 
 
@@ -61,6 +68,55 @@ def _check(emit: Emitter) -> int:
     return 0
 
 
+def _inspection(args: argparse.Namespace, emit: Emitter) -> int:
+    # Light imports only: generating data needs numpy and Pillow, not torch.
+    from .data.inspection import CLASSES, MIN_SIZE, write_set
+
+    out = Path(args.out)
+    problem = None
+    if args.n <= 0:
+        problem = f"--n must be at least 1 (got {args.n})"
+    elif args.size < MIN_SIZE:
+        problem = f"--size must be at least {MIN_SIZE} pixels (got {args.size})"
+    elif args.seed < 0:
+        problem = f"--seed must be 0 or more (got {args.seed})"
+    elif out.exists() and not out.is_dir():
+        problem = f"--out {out} exists and is not a folder"
+    elif out.is_dir() and any(out.iterdir()) and not args.force:
+        problem = f"--out {out} is not empty; choose another folder or pass --force to write into it"
+    if problem:
+        emit({"event": "error", "kind": "config", "message": problem})
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    emit(
+        {"event": "start", "dataset": "inspection", "out": str(out), "n": args.n, "seed": args.seed, "size": args.size}
+    )
+    every = max(1, args.n // 20)
+
+    def progress(done: int) -> None:
+        if done % every == 0 or done == args.n:
+            emit({"event": "progress", "done": done, "of": args.n})
+
+    try:
+        counts = write_set(out, args.n, args.seed, args.size, progress)
+    except OSError as e:
+        emit({"event": "error", "kind": "data", "message": f"cannot write the data set: {e}"})
+        print(f"error: cannot write the data set: {e}", file=sys.stderr)
+        return 2
+    emit(
+        {
+            "event": "summary",
+            "dataset": "inspection",
+            "manifest": str(out / "manifest.csv"),
+            "n": args.n,
+            "classes": list(CLASSES),
+            "counts": counts,
+            "synthetic": True,
+        }
+    )
+    return 0
+
+
 def _sigterm(_signum, _frame):
     # Treat SIGTERM like Ctrl-C so a supervisor stopping us still gets a checkpoint.
     raise KeyboardInterrupt
@@ -76,6 +132,12 @@ def main(argv: list[str] | None = None, events: IO[str] | None = None) -> int:
         return 2
     if args.cmd == "check":
         return _check(emit)
+    if args.cmd == "data":
+        try:
+            return _inspection(args, emit)
+        except KeyboardInterrupt:
+            emit({"event": "interrupted", "phase": "data", "checkpoint": None})
+            return 130
 
     # Everything below may import torch; config and data errors must still exit 2 without a traceback.
     from .config import ConfigError, load_config
