@@ -14,14 +14,6 @@ fn sample(name: &str) -> Vec<u8> {
     std::fs::read(samples().join(name)).unwrap()
 }
 
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
 #[test]
 fn folder_source_end_to_end_in_arrival_order_with_review_frames_and_move() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +57,7 @@ max_files = 2
     )
     .unwrap();
     let daemon = Daemon::start(&config, port);
-    wait_until("the existing file", Duration::from_secs(20), || jsonl(&results).len() == 1);
+    wait_until("the existing file", Duration::from_secs(20), || result_lines(&results).len() == 1);
     let names = ["0001-pullover.png", "0002-trouser.png", "0003-trouser.png"];
     for name in names {
         // Written elsewhere and renamed in: the way a camera uploader should drop files.
@@ -74,10 +66,10 @@ max_files = 2
         std::fs::rename(&tmp, inbox.join(name)).unwrap();
     }
     std::fs::write(inbox.join("broken.png"), b"not an image at all").unwrap();
-    wait_until("every file", Duration::from_secs(20), || jsonl(&results).len() == 5);
+    wait_until("every file", Duration::from_secs(20), || result_lines(&results).len() == 5);
     assert_eq!(daemon.stop(), 0);
 
-    let lines = jsonl(&results);
+    let lines = result_lines(&results);
     let files: Vec<String> = lines
         .iter()
         .map(|l| Path::new(l["file"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned())

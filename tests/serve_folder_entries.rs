@@ -11,14 +11,6 @@ use std::time::Duration;
 use common::daemon::*;
 use common::*;
 
-fn results(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
 #[test]
 fn entries_that_are_not_files_are_reported_once_and_left_while_files_are_processed() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,7 +44,7 @@ fn entries_that_are_not_files_are_reported_once_and_left_while_files_are_process
     let daemon = Daemon::start(&config, port);
     let not_files = || metric(port, None, r#"edge_kd_folder_not_files_total{source="inbox"}"#);
     wait_until("the early file and three reports", Duration::from_secs(20), || {
-        results(&jsonl).len() == 1 && not_files() == Some(3.0)
+        result_lines(&jsonl).len() == 1 && not_files() == Some(3.0)
     });
 
     // ... and made while it runs; a symlink to an image is a file that arrived.
@@ -63,7 +55,7 @@ fn entries_that_are_not_files_are_reported_once_and_left_while_files_are_process
     std::fs::copy(samples().join("0001-pullover.png"), &tmp).unwrap();
     std::fs::rename(&tmp, inbox.join("good.png")).unwrap();
     wait_until("the files and five reports", Duration::from_secs(20), || {
-        results(&jsonl).len() == 3 && not_files() == Some(5.0)
+        result_lines(&jsonl).len() == 3 && not_files() == Some(5.0)
     });
 
     // The folder goes away and comes back: listed again, nothing reported again.
@@ -92,7 +84,7 @@ fn entries_that_are_not_files_are_reported_once_and_left_while_files_are_process
         assert!(lines[0].contains(what) && lines[0].contains("left in place"), "{}", lines[0]);
         assert!(inbox.join(name).symlink_metadata().is_ok(), "{name} left in the inbox");
     }
-    let mut processed: Vec<String> = results(&jsonl)
+    let mut processed: Vec<String> = result_lines(&jsonl)
         .iter()
         .map(|l| {
             assert!(l["label"].is_string(), "a real result: {l}");

@@ -12,14 +12,6 @@ use std::time::Duration;
 use common::daemon::*;
 use common::*;
 
-fn jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
 fn write_config(dir: &Path, port: u16, source: &str) -> PathBuf {
     let config = dir.join("serve.toml");
     std::fs::write(
@@ -117,9 +109,9 @@ fn sigkill_mid_backlog_keeps_seq_strictly_increasing_and_every_file_gets_its_res
     );
     let config = write_config(dir.path(), port, &source);
     let daemon = Daemon::start(&config, port);
-    wait_until("part of the backlog", Duration::from_secs(30), || jsonl(&results).len() >= 20);
+    wait_until("part of the backlog", Duration::from_secs(30), || result_lines(&results).len() >= 20);
     daemon.kill(); // SIGKILL: no flush, no goodbye
-    let before = jsonl(&results);
+    let before = result_lines(&results);
     let (waiting, moved) =
         (std::fs::read_dir(&inbox).unwrap().count(), std::fs::read_dir(&done).unwrap().count());
     assert!(waiting > 0, "the backlog was done before the kill: make it longer");
@@ -132,7 +124,7 @@ fn sigkill_mid_backlog_keeps_seq_strictly_increasing_and_every_file_gets_its_res
         std::fs::read_dir(&done).unwrap().count() == FILES
     });
     assert_eq!(daemon.stop(), 0);
-    let lines = jsonl(&results);
+    let lines = result_lines(&results);
     let seq = seqs(&lines);
     assert!(seq.windows(2).all(|w| w[0] < w[1]), "seq strictly increasing across the restart: {seq:?}");
     let mut per_file: BTreeMap<String, usize> = BTreeMap::new();
@@ -152,8 +144,8 @@ fn sigkill_mid_backlog_keeps_seq_strictly_increasing_and_every_file_gets_its_res
     let daemon = Daemon::start(&config, port);
     std::fs::write(dir.path().join("late.part"), &png).unwrap();
     std::fs::rename(dir.path().join("late.part"), inbox.join("late.png")).unwrap();
-    wait_until("the late file", Duration::from_secs(20), || jsonl(&results).len() == lines.len() + 1);
+    wait_until("the late file", Duration::from_secs(20), || result_lines(&results).len() == lines.len() + 1);
     assert_eq!(daemon.stop(), 0);
-    let late = jsonl(&results).pop().unwrap();
+    let late = result_lines(&results).pop().unwrap();
     assert_eq!((file_name(&late), late["seq"].as_u64()), ("late.png".into(), Some(last + 1)));
 }

@@ -11,11 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::daemon::*;
 use common::*;
 
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 fn set_modified(path: &Path, unix_s: u64) {
     assert!(Command::new("touch").arg("-d").arg(format!("@{unix_s}")).arg(path).status().unwrap().success());
 }
@@ -63,7 +58,7 @@ fn a_file_decided_before_a_crash_is_moved_at_start_not_decided_again() {
     let log = daemon.log_text();
     assert_eq!(daemon.stop(), 0);
     let files: Vec<String> =
-        lines(&results)[2..].iter().map(|l| l["file"].as_str().unwrap().to_owned()).collect();
+        result_lines(&results)[2..].iter().map(|l| l["file"].as_str().unwrap().to_owned()).collect();
     let name = |f: &str| inbox.join(f).display().to_string();
     assert_eq!(files.len(), 2, "decided again: {files:?}");
     assert!(files.contains(&name("rewritten.png")) && files.contains(&name("new.png")), "{files:?}");

@@ -310,3 +310,12 @@ impl Drop for Subscriber {
         }
     }
 }
+
+/// Every line of a JSONL results file, each parsed (a line that is not JSON fails the test).
+pub fn result_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
