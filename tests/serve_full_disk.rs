@@ -8,45 +8,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::daemon::*;
 use common::*;
 
-/// A tmpfs, unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path, bytes: usize) -> Result<SmallDisk, String> {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("mount -t tmpfs refused: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        Ok(SmallDisk(at.to_owned()))
-    }
-
-    /// Fills it to the last byte; remove the returned file to free it.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write;
-        let filler = self.0.join("filler");
-        let mut f = std::fs::File::create(&filler).unwrap();
-        while f.write_all(&[0u8; 4096]).is_ok() {}
-        while f.write_all(&[0u8; 1]).is_ok() {}
-        filler
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+// The sinks' unit tests' tmpfs, shared rather than written again.
+#[path = "../src/sink/small_disk.rs"]
+mod small_disk;
+use small_disk::{SmallDisk, fill};
 
 /// Every line of the JSONL file: it ends with a newline (no torn last line) and each line
 /// is a whole JSON object.
@@ -76,7 +46,7 @@ fn count(dir: &Path) -> usize {
 #[test]
 fn a_full_disk_delays_results_but_loses_none_tears_none_and_strands_none() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = match SmallDisk::mount(&dir.path().join("disk"), 2 << 20) {
+    let disk = match SmallDisk::mount(2 << 20) {
         Ok(disk) => disk,
         Err(why) => return eprintln!("skipped: {why}"),
     };
@@ -84,7 +54,7 @@ fn a_full_disk_delays_results_but_loses_none_tears_none_and_strands_none() {
     // 51 inputs while the disk is full: 50 files and an upload.
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::create_dir_all(&done).unwrap();
-    let jsonl = disk.0.join("results.jsonl");
+    let jsonl = disk.path().join("results.jsonl");
     let mut broker = Broker::start(dir.path());
     let sub = Subscriber::start(broker.port, "test-sub-full-disk", "edge-kd/box9/+/result");
     let port = free_port();
@@ -111,7 +81,7 @@ host = "127.0.0.1"
 port = {mqtt}
 fsync = "always"
 "#,
-            state = disk.0.join("state").display(),
+            state = disk.path().join("state").display(),
             inbox = inbox.display(),
             done = done.display(),
             jsonl = jsonl.display(),
@@ -123,7 +93,7 @@ fsync = "always"
     drop_files(&inbox, 0, 10);
     wait_until("10 results", Duration::from_secs(30), || results(&jsonl).len() == 10);
 
-    let filler = disk.fill();
+    let filler = fill(&disk);
     // More than the last pages of the files hold: the disk refuses the rest.
     drop_files(&inbox, 10, 40);
     wait_until("/readyz to name the JSONL file", Duration::from_secs(30), || {
