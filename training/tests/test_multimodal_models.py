@@ -129,11 +129,7 @@ def test_crd_needs_n_data():
 
 def _missing_student():
     torch.manual_seed(0)
-    m = create_model("mm-vit-missing-student", 10, 3).eval()
-    # The missing token starts at zero; make it distinct so presence visibly matters.
-    with torch.no_grad():
-        m.missing["height"].normal_()
-    return m
+    return create_model("mm-vit-missing-student", 10, 3).eval()
 
 
 def test_missing_modality_student_uses_presence_and_ignores_a_missing_height():
@@ -172,3 +168,11 @@ def test_missing_modality_student_exports_one_graph_for_both_presences(tmp_path)
         with torch.no_grad():
             want = m(b["rgb"], b["height"], torch.full((B,), presence)).numpy()
         np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_crd_also_distils_unimodal_models_on_the_image():
+    torch.manual_seed(0)
+    d = create_distiller("crd", create_model("cnn-18k", 10, 1), create_model("wrn16-1", 10, 1), n_data=N_DATA, k=8)
+    b = {"image": torch.randn(B, 1, 28, 28), "label": torch.randint(0, 10, (B,)), "index": torch.arange(B)}
+    losses, logits = d(b)
+    assert logits.shape == (B, 10) and all(torch.isfinite(v) for v in losses.values())

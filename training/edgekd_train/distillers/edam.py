@@ -95,17 +95,14 @@ class EDAMLoss(nn.Module):
         self.layers = check_layer_pairs(layers)
 
     def forward(self, teacher_maps: dict[str, torch.Tensor], student_maps: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.layers is None:
-            self.layers = default_pairs(teacher_maps, student_maps)
-        missing = [t for t, _ in self.layers if t not in teacher_maps] + [
-            s for _, s in self.layers if s not in student_maps
-        ]
+        pairs = self.layers or default_pairs(teacher_maps, student_maps)
+        missing = [t for t, _ in pairs if t not in teacher_maps] + [s for _, s in pairs if s not in student_maps]
         if missing:
             raise ValueError(
                 f"layers names maps {missing} the models do not have (teacher: {sorted(teacher_maps)}, "
                 f"student: {sorted(student_maps)})"
             )
-        terms = [attention_cross_entropy(teacher_maps[t], student_maps[s]) for t, s in self.layers]
+        terms = [attention_cross_entropy(teacher_maps[t], student_maps[s]) for t, s in pairs]
         return torch.stack(terms).mean()
 
 

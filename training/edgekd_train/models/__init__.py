@@ -88,6 +88,8 @@ def inputs_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.T
 def features_and_logits(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]):
     """(pooled penultimate features (B, D), logits) in one forward; ``x`` is one input tensor or
     the tuple ``inputs_of`` gives."""
+    if isinstance(x, tuple) and len(x) == 1:
+        x = x[0]
     if isinstance(x, tuple):
         if not hasattr(model, "forward_pooled"):
             raise ValueError(f"{type(model).__name__} takes one input tensor, got {len(x)}")

@@ -108,6 +108,8 @@ class MultimodalViT(nn.Module):
         unknown = [m for m in optional if m not in names]
         if unknown:
             raise ValueError(f"optional names modalities {unknown} that are not in modalities {names}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
         if len(optional) == len(names):
             raise ValueError("optional: at least one modality must always be present")
         self.modalities = tuple(names)
