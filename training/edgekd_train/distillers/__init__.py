@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from .base import Batch, Distiller, StepFunctions
+from .crd import CRDDistiller, EDAMCRDDistiller
 from .crld import CRLDDistiller
 from .dtokd import DTOKDDistiller
+from .edam import EDAMDistiller
 from .kd import KDDistiller
 from .scratch import ScratchDistiller
 
@@ -13,6 +15,9 @@ DISTILLERS: dict[str, type[Distiller]] = {
     "kd": KDDistiller,
     "crld": CRLDDistiller,
     "dtokd": DTOKDDistiller,
+    "edam": EDAMDistiller,
+    "crd": CRDDistiller,
+    "edam+crd": EDAMCRDDistiller,
 }
 
 
@@ -28,8 +33,11 @@ __all__ = [
     "DISTILLERS",
     "StepFunctions",
     "create_distiller",
+    "CRDDistiller",
     "CRLDDistiller",
     "DTOKDDistiller",
+    "EDAMCRDDistiller",
+    "EDAMDistiller",
     "KDDistiller",
     "ScratchDistiller",
 ]

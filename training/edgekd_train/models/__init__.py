@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn as nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -78,8 +79,21 @@ def feature_dim(model: nn.Module) -> int:
     return model.num_features
 
 
-def features_and_logits(model: nn.Module, x):
-    """(pooled penultimate features (B, D), logits) in one forward."""
+def inputs_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The batch tensors ``model`` takes, in its positional order (multimodal models name theirs
+    in ``input_names``; every other model takes the batch's "image")."""
+    return tuple(batch[n] for n in getattr(model, "input_names", ("image",)))
+
+
+def features_and_logits(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]):
+    """(pooled penultimate features (B, D), logits) in one forward; ``x`` is one input tensor or
+    the tuple ``inputs_of`` gives."""
+    if isinstance(x, tuple) and len(x) == 1:
+        x = x[0]
+    if isinstance(x, tuple):
+        if not hasattr(model, "forward_pooled"):
+            raise ValueError(f"{type(model).__name__} takes one input tensor, got {len(x)}")
+        return model.forward_pooled(*x)
     if hasattr(model, "forward_pooled"):
         return model.forward_pooled(x)
     if hasattr(model, "forward_features") and hasattr(model, "forward_head"):  # timm
@@ -93,4 +107,4 @@ def count_params(model: nn.Module) -> int:
 
 
 # Populate the registry (import side effects are the registration mechanism, as in timm).
-from . import students, teachers  # noqa: E402,F401
+from . import multimodal, students, teachers  # noqa: E402,F401
