@@ -87,6 +87,9 @@ class StudentConfig(TrainSection):
     pass
 
 
+# Built and tested as distillers (distillers/edam.py, crd.py), not yet fed by the pipeline: the
+# multimodal data path and the attention-map models are wired in a later step of issue 14.
+NOT_YET_IN_PIPELINE = frozenset({"edam", "crd", "edam+crd"})
 VIEWS = ("single", "crld")  # = data.views.VIEW_KINDS, which this module must not import (torch)
 
 
@@ -332,10 +335,16 @@ def validate(cfg: Config, explicit: set[str], warn) -> None:
     from .models import check_model_name
 
     src = cfg.source
+    trained = sorted(set(DISTILLERS) - NOT_YET_IN_PIPELINE)
     if cfg.distill.method not in DISTILLERS:
         raise ConfigError(
-            f"{src}: [distill].method: unknown method {cfg.distill.method!r} "
-            f"(expected one of {', '.join(sorted(DISTILLERS))})"
+            f"{src}: [distill].method: unknown method {cfg.distill.method!r} (expected one of {', '.join(trained)})"
+        )
+    if cfg.distill.method in NOT_YET_IN_PIPELINE:
+        raise ConfigError(
+            f"{src}: [distill].method: {cfg.distill.method!r} is not trained by `edge-kd distill` yet: it needs "
+            f"multimodal batches with sample indices and attention-map models, which the pipeline does not build "
+            f"yet (expected one of {', '.join(trained)})"
         )
     needs_teacher = DISTILLERS[cfg.distill.method].needs_teacher
     for sec in ("student",) + (("teacher",) if needs_teacher else ()):

@@ -30,6 +30,7 @@ def test_shipped_configs_load(name):
         ("[student]\nepoch = 3\n", "[student].epoch: unknown key"),
         ('[student]\nepochs = "3"\n', "[student].epochs: '3' has the wrong type (expected an integer)"),
         ('[distill]\nmethod = "dkdx"\n', "[distill].method: unknown method 'dkdx'"),
+        ('[distill]\nmethod = "edam"\n', "[distill].method: 'edam' is not trained by `edge-kd distill` yet"),
         ('[student]\nmodel = "resnet9000"\n', "[student].model: unknown model 'resnet9000'"),
         ('[teacher]\nmodel = "nope"\n', "[teacher].model: unknown model 'nope'"),
         ('[run]\ndevice = "tpu"\n', "[run].device: 'tpu' is not allowed"),
