@@ -244,12 +244,12 @@ impl Classifier {
             InputKind::Image => InputValue::ImageFile(path),
             InputKind::Tensor => InputValue::TensorFile(path),
         };
-        self.classify_timed(value)
+        self.classify_timed(&[value])
     }
 
     /// Classifies an encoded image held in memory (an upload, a file read by a source).
     pub fn classify_encoded(&mut self, encoded: &[u8]) -> Result<Outcome, InputError> {
-        self.classify_timed(InputValue::Encoded(encoded))
+        self.classify_timed(&[InputValue::Encoded(encoded)])
     }
 
     /// Classifies an already decoded frame (a camera's, or one held in memory).
@@ -273,10 +273,10 @@ impl Classifier {
         self.run_engine()
     }
 
-    /// One value, timed from reading it to the verdict.
-    fn classify_timed(&mut self, value: InputValue) -> Result<Outcome, InputError> {
+    /// Like [`Self::classify`], timed as a whole from reading the first value to the verdict.
+    pub fn classify_timed(&mut self, values: &[InputValue]) -> Result<Outcome, InputError> {
         let start = Instant::now();
-        let (decision, _) = self.classify(&[value])?;
+        let (decision, _) = self.classify(values)?;
         Ok(Outcome { decision, latency: start.elapsed() })
     }
 

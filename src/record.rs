@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::classify::Outcome;
 use crate::decide::Verdict;
+use crate::source::{Member, Sample};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TopLabel {
@@ -65,7 +66,55 @@ impl ResultBody {
 /// One line of `run`'s output.
 #[derive(Debug, Serialize)]
 pub struct FileResult<'a> {
+    /// The file, or for a model with several inputs the sample's id.
     pub file: &'a str,
+    /// Only for a model with several inputs, so that one-input lines stay as they were.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<&'a SampleFields>,
     #[serde(flatten)]
     pub body: &'a ResultBody,
+}
+
+/// What a sample of a model with several inputs adds to its line; keys are card input names,
+/// in the card's order.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleFields {
+    /// Each input's file, `null` where the sample has none.
+    pub files: ByInput<Option<String>>,
+    pub modalities: ByInput<Presence>,
+    /// A manifest's label for the sample, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+}
+
+impl SampleFields {
+    pub fn of(sample: &Sample) -> Self {
+        let files = sample
+            .members
+            .iter()
+            .map(|m| (m.input.clone(), m.item.as_ref().map(|i| i.path.display().to_string())));
+        let presence = |m: &Member| if m.item.is_some() { Presence::Present } else { Presence::Missing };
+        SampleFields {
+            files: ByInput(files.collect()),
+            modalities: ByInput(sample.members.iter().map(|m| (m.input.clone(), presence(m))).collect()),
+            expected: sample.expected.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Present,
+    Missing,
+}
+
+/// One value per card input, written as a JSON object in the card's order.
+#[derive(Debug, Clone)]
+pub struct ByInput<V>(pub Vec<(String, V)>);
+
+impl<V: Serialize> Serialize for ByInput<V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
 }

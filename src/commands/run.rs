@@ -1,15 +1,17 @@
-//! `edge-kd run`: classify images, folders and tensors, one line per input.
+//! `edge-kd run`: classify images, folders and tensors, one line per input; for a model with
+//! several inputs, one line per sample (files given per input, paired by stem, or a manifest).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edge_kd::classify::{Classifier, DecideOptions, Outcome};
+use edge_kd::classify::{Classifier, DecideOptions, InputValue, Outcome};
 use edge_kd::decide::Verdict;
 use edge_kd::engine::{self, EngineKind, EngineOptions};
+use edge_kd::model::Model;
 use edge_kd::preprocess::decode::ImageLimits;
-use edge_kd::record::{FileResult, ResultBody};
-use edge_kd::source::{self, InputItem};
+use edge_kd::record::{FileResult, ResultBody, SampleFields};
+use edge_kd::source::{self, InputItem, InputKind, Sample, manifest, pairing};
 
 use super::ModelArgs;
 use crate::{Failure, exit};
@@ -29,14 +31,26 @@ pub enum Format {
     edge-kd run --model student.onnx --engine ort line3/*.jpg\n  \
     edge-kd run --format jsonl frames/ > results.jsonl\n  \
     edge-kd run --model plain.onnx --color rgb --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 img.png\n  \
-    edge-kd run --max-pixels 50000000 --max-decode-bytes 600000000 big-scans/\n\n\
+    edge-kd run --max-pixels 50000000 --max-decode-bytes 600000000 big-scans/\n  \
+    edge-kd run --model two_input.onnx --input image=cam.png --input depth=depth.png\n  \
+    edge-kd run --model two_input.onnx --input image=frames/ --input depth=depths/\n  \
+    edge-kd run --model two_input.onnx --manifest set/samples.csv\n\n\
     A .npy input (float32, the model's input shape) is fed to the model without preprocessing.\n\
     JSONL keys: file, label, class_index, confidence, threshold, verdict, top, latency_us, engine;\n\
-    a failed input is {\"file\", \"error\"}.")]
+    a failed input is {\"file\", \"error\"}. A sample of a model with several inputs adds\n\
+    files and modalities (and expected, a manifest's label); its file is the sample's id.")]
 pub struct Args {
-    /// Image files, folders (walked recursively) or .npy tensors.
-    #[arg(required = true, value_name = "INPUT")]
+    /// Image files, folders (walked recursively) or .npy tensors, for a model with one input.
+    #[arg(value_name = "INPUT", required_unless_present_any = ["input", "manifest"], conflicts_with_all = ["input", "manifest"])]
     inputs: Vec<PathBuf>,
+    /// One per card input of a model with several: every PATH a file (one sample), or every
+    /// PATH a folder (their files paired by stem: frames/a.png with depth/a.png).
+    #[arg(long, value_name = "NAME=PATH", value_parser = named_path, conflicts_with = "manifest")]
+    input: Vec<(String, PathBuf)>,
+    /// Samples of a model with several inputs: a CSV with header id,label,<input>..., one row
+    /// per sample, paths relative to the manifest's folder (the trainer's manifest format).
+    #[arg(long, value_name = "FILE.csv")]
+    manifest: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
     /// Inference engine.
@@ -89,6 +103,13 @@ impl LimitArgs {
     }
 }
 
+fn named_path(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_string(), path.into())),
+        _ => Err(format!("{s:?} is not NAME=PATH (e.g. depth=frames/depth/)")),
+    }
+}
+
 fn probability(s: &str) -> Result<f32, String> {
     let p: f32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if (0.0..=1.0).contains(&p) { Ok(p) } else { Err(format!("{p} is not in [0, 1]")) }
@@ -103,8 +124,9 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     };
     let engine = engine::open(&model, &opts).map_err(Failure::model)?;
     let decide = DecideOptions { top_k: usize::from(args.top_k), threshold: args.threshold };
+    let jobs = jobs(&args, &model)?;
     let mut classifier =
-        Classifier::new(&model, engine, decide, args.limits.limits()).map_err(Failure::model)?;
+        Classifier::multimodal(&model, engine, decide, args.limits.limits()).map_err(Failure::model)?;
     if model.card.calibration.is_none() && args.threshold.is_none() {
         tracing::warn!(
             "{}: no calibrated thresholds, so every verdict is review; --threshold P sets one",
@@ -112,20 +134,27 @@ pub fn run(args: Args) -> Result<u8, Failure> {
         );
     }
 
-    let items = source::expand(&args.inputs);
     let format =
         args.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Jsonl });
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut printer = Printer::new(format, &items);
+    let mut printer = Printer::new(format, &jobs);
     printer.header(&mut out).map_err(write_failed)?;
 
     let mut summary = Summary::default();
-    for item in &items {
-        let file = item.path.display().to_string();
-        let result = match &item.kind {
+    for job in &jobs {
+        let result = match &job.files {
             Err(message) => Err(message.clone()),
-            Ok(kind) => classifier.classify_path(&item.path, *kind).map_err(|e| e.to_string()),
+            Ok(files) => {
+                let values: Vec<InputValue> = files
+                    .iter()
+                    .map(|(path, kind)| match kind {
+                        InputKind::Image => InputValue::ImageFile(path),
+                        InputKind::Tensor => InputValue::TensorFile(path),
+                    })
+                    .collect();
+                classifier.classify_timed(&values).map_err(|e| e.to_string())
+            }
         };
         let body = match result {
             Ok(outcome) => {
@@ -137,13 +166,76 @@ pub fn run(args: Args) -> Result<u8, Failure> {
                 ResultBody::Failed { error }
             }
         };
-        printer.result(&mut out, &FileResult { file: &file, body: &body }).map_err(write_failed)?;
+        let line = FileResult { file: &job.file, sample: job.sample.as_ref(), body: &body };
+        printer.result(&mut out, &line).map_err(write_failed)?;
         // A daemon or pipe reading us sees each result as it is made.
         out.flush().map_err(write_failed)?;
     }
     drop(out);
     eprintln!("{}", summary.line(classifier.engine_kind(), usize::from(args.threads)));
     Ok(if summary.failed > 0 { exit::SOME_INPUTS_FAILED } else { exit::OK })
+}
+
+/// One line of output: what it classifies, and how the line names it.
+struct Job {
+    file: String,
+    sample: Option<SampleFields>,
+    /// One file per card input, in the card's order, or why the line is an error.
+    files: Result<Vec<(PathBuf, InputKind)>, String>,
+}
+
+impl Job {
+    fn of_item(item: InputItem) -> Job {
+        let files = item.kind.map(|kind| vec![(item.path.clone(), kind)]);
+        Job { file: item.path.display().to_string(), sample: None, files }
+    }
+
+    fn of_sample(sample: Sample) -> Job {
+        let missing = sample.missing();
+        let files = if let Some((input, path, error)) = sample.members.iter().find_map(|m| {
+            let item = m.item.as_ref()?;
+            item.kind.as_ref().err().map(|e| (&m.input, &item.path, e))
+        }) {
+            Err(format!("input {input:?}: {}: {error}", path.display()))
+        } else if !missing.is_empty() {
+            Err(format!(
+                "no file for input {} in this sample; every input of this model is required",
+                missing.join(", ")
+            ))
+        } else {
+            Ok(sample
+                .members
+                .iter()
+                .filter_map(|m| m.item.as_ref())
+                .filter_map(|item| item.kind.as_ref().ok().map(|&kind| (item.path.clone(), kind)))
+                .collect())
+        };
+        Job { sample: Some(SampleFields::of(&sample)), file: sample.id, files }
+    }
+}
+
+/// The lines to produce: one per positional input for a one-input model, one per sample when
+/// inputs are named (`--input`, `--manifest`). A wrong form is refused before any line.
+fn jobs(args: &Args, model: &Model) -> Result<Vec<Job>, Failure> {
+    let names: Vec<String> = model.card.inputs.iter().map(|i| i.name.clone()).collect();
+    let samples = if let Some(path) = &args.manifest {
+        manifest::read(path, &names).map_err(Failure::usage)?
+    } else if !args.input.is_empty() {
+        pairing::pair(&names, &args.input).map_err(Failure::usage)?
+    } else if names.len() > 1 {
+        let example: Vec<String> = names.iter().map(|n| format!("--input {n}=PATH")).collect();
+        return Err(Failure::usage(anyhow::anyhow!(
+            "{}: the model has {} inputs ({}), so INPUT cannot say which is which; give each its \
+             file or folder with {} or list the samples in --manifest FILE.csv",
+            model.origin(),
+            names.len(),
+            names.join(", "),
+            example.join(" ")
+        )));
+    } else {
+        return Ok(source::expand(&args.inputs).into_iter().map(Job::of_item).collect());
+    };
+    Ok(samples.into_iter().map(Job::of_sample).collect())
 }
 
 fn write_failed(e: std::io::Error) -> Failure {
@@ -195,13 +287,8 @@ struct Printer {
 }
 
 impl Printer {
-    fn new(format: Format, items: &[InputItem]) -> Printer {
-        let file_width = items
-            .iter()
-            .map(|i| i.path.display().to_string().chars().count())
-            .max()
-            .unwrap_or(4)
-            .clamp(4, 48);
+    fn new(format: Format, jobs: &[Job]) -> Printer {
+        let file_width = jobs.iter().map(|j| j.file.chars().count()).max().unwrap_or(4).clamp(4, 48);
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         Printer { format, file_width, label_width: 12, colour }
     }

@@ -40,6 +40,17 @@ pub fn expand(paths: &[PathBuf]) -> Vec<InputItem> {
     items
 }
 
+/// One file named directly (a `--input` file, a manifest cell): a path that cannot be read,
+/// or is a folder, is that input's error rather than a sample of its own.
+pub fn file_item(path: &Path) -> InputItem {
+    let kind = match std::fs::metadata(path) {
+        Err(e) => Err(io_message(&e)),
+        Ok(m) if m.is_dir() => Err("a folder, where a file was expected".into()),
+        Ok(_) => Ok(kind_of(path)),
+    };
+    InputItem { path: path.to_owned(), kind }
+}
+
 fn kind_of(path: &Path) -> InputKind {
     let npy = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("npy"));
     if npy { InputKind::Tensor } else { InputKind::Image }
