@@ -36,6 +36,8 @@ pub const MAX_TEXT_CHARS: usize = 4096;
 /// An input's height and width: the box allocates its tensor from them (3 × 8192² floats is
 /// 768 MiB), and no image classifier we know of takes more than a few thousand pixels a side.
 pub const MAX_INPUT_SIDE: usize = 8192;
+/// Calibration subsets: one per set of present inputs a box meets, a handful in practice.
+pub const MAX_SUBSETS: usize = 64;
 
 #[derive(Debug, Error)]
 pub enum CardError {
@@ -116,6 +118,14 @@ impl InputSpec {
     pub fn tensor_len(&self) -> usize {
         self.shape.iter().product()
     }
+    /// The name of this input's presence input under `policy`: `<name>_present` for an optional
+    /// input under [`MissingPolicy::LearnedToken`], `None` otherwise. It is a graph input that the
+    /// card does not list: float32 of shape `[N]` (`N` = `shape[0]`, the batch), 1.0 when the
+    /// input is present in the frame and 0.0 when it is missing (its own tensor is then zeros);
+    /// the graph substitutes a learned token for a missing input.
+    pub fn presence_input(&self, policy: MissingPolicy) -> Option<String> {
+        (self.optional && policy == MissingPolicy::LearnedToken).then(|| format!("{}_present", self.name))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,7 +205,20 @@ pub struct MissingModality {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MissingPolicy {
+    /// A missing input's tensor is zeros (with `mask_input`, a mask input says which).
     ZeroFill,
+    /// A missing input's tensor is zeros and its presence input
+    /// ([`InputSpec::presence_input`]) is 0.0; the graph substitutes a learned token.
+    LearnedToken,
+}
+
+impl MissingPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissingPolicy::ZeroFill => "zero-fill",
+            MissingPolicy::LearnedToken => "learned-token",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +232,42 @@ pub struct Calibration {
     pub target: Option<Target>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The calibration of frames with only some inputs present (the fields above are the one
+    /// with every input present). Look one up with [`Card::calibration_for`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<CalibrationSubset>,
+}
+
+/// The calibration of frames whose present inputs are exactly `present`: the fields and rules
+/// of the top-level [`Calibration`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSubset {
+    pub present: Vec<String>,
+    pub temperature: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ece: Option<Ece>,
+    pub accept: Accept,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// The calibration that applies to one set of present inputs ([`Card::calibration_for`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PresentCalibration<'a> {
+    pub temperature: f32,
+    pub accept: &'a Accept,
+    /// The subset it comes from; `None` for the top level (every input present).
+    pub subset: Option<&'a CalibrationSubset>,
+}
+
+impl PresentCalibration<'_> {
+    /// The accept threshold of each class, in label order.
+    pub fn thresholds(&self, labels: &[String]) -> Vec<Option<f32>> {
+        labels.iter().map(|l| self.accept.per_class.get(l).copied().unwrap_or(self.accept.default)).collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,6 +376,29 @@ impl Card {
             for (i, note) in cal.notes.iter().enumerate() {
                 text(note, &|| format!("calibration.notes[{i}]"))?;
             }
+            check_count(cal.subsets.len(), MAX_SUBSETS, "calibration.subsets")?;
+            for (k, subset) in cal.subsets.iter().enumerate() {
+                let field = format!("calibration.subsets[{k}]");
+                check_count(subset.present.len(), MAX_INPUTS, &format!("{field}.present"))?;
+                if subset.present.is_empty() {
+                    return Err(field_error(format!("{field}.present"), "must name at least one input"));
+                }
+                for (m, present) in subset.present.iter().enumerate() {
+                    name(present, &|| format!("{field}.present[{m}]"))?;
+                    if subset.present[..m].contains(present) {
+                        return Err(field_error(
+                            format!("{field}.present"),
+                            format!("{present:?} appears twice"),
+                        ));
+                    }
+                }
+                for key in subset.accept.per_class.keys() {
+                    name(key, &|| format!("{field}.accept.per_class"))?;
+                }
+                for (i, note) in subset.notes.iter().enumerate() {
+                    text(note, &|| format!("{field}.notes[{i}]"))?;
+                }
+            }
         }
         if let Some(p) = &self.provenance {
             let fields = [
@@ -380,14 +462,19 @@ impl Card {
             }
             validate_input(input, &format!("inputs[{i}]"), graph.input(&input.name))?;
         }
+        let names: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
         if let Some(mask) = self.missing_modality.as_ref().and_then(|m| m.mask_input.as_ref())
             && !self.inputs.iter().any(|i| &i.name == mask)
         {
-            let names: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
             return Err(field_error(
                 "missing_modality.mask_input",
                 format!("{mask:?} is not one of the card's inputs ({})", names.join(", ")),
             ));
+        }
+        if let Some(m) = &self.missing_modality
+            && m.policy == MissingPolicy::LearnedToken
+        {
+            self.validate_learned_token(m, graph)?;
         }
         let Some(output) = graph.output(&self.output) else {
             let names: Vec<&str> = graph.outputs.iter().map(|o| o.name.as_str()).collect();
@@ -405,19 +492,166 @@ impl Card {
             ));
         }
         if let Some(cal) = &self.calibration {
-            if !(cal.temperature.is_finite() && cal.temperature > 0.0) {
-                return Err(field_error("calibration.temperature", "must be a positive number"));
+            self.validate_calibration(cal.temperature, &cal.accept, "calibration")?;
+            if !cal.subsets.is_empty() && !self.inputs.iter().any(|i| i.optional) {
+                return Err(field_error(
+                    "calibration.subsets",
+                    "given, but no input is optional: every frame has every input",
+                ));
             }
-            check_probability(cal.accept.default, "calibration.accept.default")?;
-            for (label, t) in &cal.accept.per_class {
-                let field = format!("calibration.accept.per_class.{label}");
-                if !self.labels.contains(label) {
-                    return Err(field_error(field, "is not one of the card's labels"));
+            for (k, subset) in cal.subsets.iter().enumerate() {
+                let field = format!("calibration.subsets[{k}]");
+                for (m, present) in subset.present.iter().enumerate() {
+                    if !names.contains(&present.as_str()) {
+                        return Err(field_error(
+                            format!("{field}.present[{m}]"),
+                            format!("{present:?} is not one of the card's inputs ({})", names.join(", ")),
+                        ));
+                    }
                 }
-                check_probability(*t, &field)?;
+                if let Some(required) =
+                    self.inputs.iter().find(|i| !i.optional && !subset.present.contains(&i.name))
+                {
+                    return Err(field_error(
+                        format!("{field}.present"),
+                        format!("lacks {:?}, which is not optional", required.name),
+                    ));
+                }
+                if subset.present.len() == self.inputs.len() {
+                    return Err(field_error(
+                        format!("{field}.present"),
+                        "lists every input: that is the top-level calibration",
+                    ));
+                }
+                if let Some(j) =
+                    cal.subsets[..k].iter().position(|other| same_set(&other.present, &subset.present))
+                {
+                    return Err(field_error(
+                        format!("{field}.present"),
+                        format!("the same inputs as subsets[{j}]"),
+                    ));
+                }
+                self.validate_calibration(subset.temperature, &subset.accept, &field)?;
             }
         }
         Ok(())
+    }
+
+    /// A temperature and accept thresholds, the top level's or a subset's, under `field`.
+    fn validate_calibration(&self, temperature: f32, accept: &Accept, field: &str) -> Result<(), CardError> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(field_error(format!("{field}.temperature"), "must be a positive number"));
+        }
+        check_probability(accept.default, &format!("{field}.accept.default"))?;
+        for (label, t) in &accept.per_class {
+            let field = format!("{field}.accept.per_class.{label}");
+            if !self.labels.contains(label) {
+                return Err(field_error(field, "is not one of the card's labels"));
+            }
+            check_probability(*t, &field)?;
+        }
+        Ok(())
+    }
+
+    /// The rules of `"learned-token"`: an optional input, no mask, presence inputs that no card
+    /// input is named like and that the graph has (float32, `[N]`).
+    fn validate_learned_token(&self, m: &MissingModality, graph: &ModelInfo) -> Result<(), CardError> {
+        let policy = MissingPolicy::LearnedToken;
+        if !self.inputs.iter().any(|i| i.optional) {
+            return Err(field_error(
+                "missing_modality.policy",
+                "\"learned-token\" needs at least one input with \"optional\": true",
+            ));
+        }
+        if let Some(mask) = &m.mask_input {
+            return Err(field_error(
+                "missing_modality.mask_input",
+                format!(
+                    "{mask:?} given, but \"learned-token\" takes none (the graph has a <name>_present input per optional input)"
+                ),
+            ));
+        }
+        for (i, input) in self.inputs.iter().enumerate() {
+            if let Some(j) =
+                self.inputs.iter().position(|o| o.presence_input(policy).as_deref() == Some(&input.name))
+            {
+                return Err(field_error(
+                    format!("inputs[{i}].name"),
+                    format!(
+                        "{:?} is the name of the presence input of inputs[{j}] under \"learned-token\"",
+                        input.name
+                    ),
+                ));
+            }
+        }
+        for (i, input) in self.inputs.iter().enumerate() {
+            let Some(presence) = input.presence_input(policy) else { continue };
+            let field = format!("inputs[{i}].optional");
+            let Some(g) = graph.input(&presence) else {
+                return Err(field_error(field, format!("the graph has no presence input {presence:?}")));
+            };
+            let batch = input.shape.first().copied().unwrap_or(1) as i64;
+            let fits = g.elem_type.is_none_or(|t| t == 1)
+                && g.shape.as_ref().is_none_or(|d| d.len() == 1 && d[0].is_none_or(|n| n == batch));
+            if !fits {
+                return Err(field_error(
+                    field,
+                    format!(
+                        "the graph input {presence:?} is {}, expected float32 [{batch}]",
+                        g.shape_string()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The presence inputs the runtime feeds besides the card's inputs, in card input order:
+    /// `<name>_present` for each optional input under `"learned-token"`, none otherwise
+    /// ([`InputSpec::presence_input`]).
+    pub fn presence_inputs(&self) -> Vec<String> {
+        match &self.missing_modality {
+            Some(m) => self.inputs.iter().filter_map(|i| i.presence_input(m.policy)).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The calibration for a frame whose present inputs are `present` (card input names, in any
+    /// order): the top level when every input is present, the subset with exactly that set
+    /// otherwise, and `None` when the card has no calibration for it. The runtime must send a
+    /// frame with no calibration for its set to review, and report the set it used
+    /// ([`Card::subset_name`]).
+    pub fn calibration_for(&self, present: &[&str]) -> Option<PresentCalibration<'_>> {
+        let cal = self.calibration.as_ref()?;
+        let known = |name: &&str| self.inputs.iter().any(|i| i.name == *name);
+        if !present.iter().all(known) {
+            return None;
+        }
+        if self.inputs.iter().all(|i| present.contains(&i.name.as_str())) {
+            return Some(PresentCalibration {
+                temperature: cal.temperature,
+                accept: &cal.accept,
+                subset: None,
+            });
+        }
+        let subset = cal.subsets.iter().find(|s| {
+            s.present.iter().all(|p| present.contains(&p.as_str()))
+                && present.iter().all(|p| s.present.iter().any(|q| q.as_str() == *p))
+        })?;
+        Some(PresentCalibration {
+            temperature: subset.temperature,
+            accept: &subset.accept,
+            subset: Some(subset),
+        })
+    }
+
+    /// How JSONL names the calibration subset of a frame whose present inputs are `present`:
+    /// their names joined by `+` in card input order (`"rgb+height"`), `None` when every input is
+    /// present (the top-level calibration).
+    pub fn subset_name(&self, present: &[&str]) -> Option<String> {
+        let named: Vec<&str> =
+            self.inputs.iter().map(|i| i.name.as_str()).filter(|name| present.contains(name)).collect();
+        (named.len() < self.inputs.len()).then(|| named.join("+"))
     }
 
     /// The accept threshold of each class, in label order.
@@ -527,6 +761,11 @@ fn validate_input(input: &InputSpec, field: &str, graph_input: Option<&TensorInf
         }
     }
     Ok(())
+}
+
+/// Whether two lists of names hold the same names (each list's names are unique).
+fn same_set(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
 }
 
 /// The number of classes an output holds, when the graph fixes it.
@@ -656,6 +895,167 @@ mod tests {
             let message = Card::parse(&json).unwrap_err().to_string();
             assert!(message.starts_with(expected), "{message:.200} should start with {expected:?}");
         }
+    }
+
+    /// rgb (required) and height, depth (optional) under "learned-token", with subsets.
+    const MULTIMODAL: &str = r#"{
+      "schema": 1, "name": "m", "task": "classification", "labels": ["a", "b", "c"],
+      "inputs": [
+        {"name": "rgb", "shape": [1, 3, 4, 4], "layout": "NCHW", "color": "rgb", "resize": "stretch",
+         "scale": 0.0039, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+        {"name": "height", "shape": [1, 1, 4, 4], "layout": "NCHW", "color": "gray", "resize": "stretch",
+         "scale": 0.0039, "mean": [0.5], "std": [0.25], "optional": true},
+        {"name": "depth", "shape": [1, 1, 4, 4], "layout": "NCHW", "color": "gray", "resize": "stretch",
+         "scale": 0.0039, "mean": [0.5], "std": [0.25], "optional": true}],
+      "missing_modality": {"policy": "learned-token"},
+      "output": "logits",
+      "calibration": {"temperature": 1.5, "accept": {"default": 0.9},
+        "subsets": [
+          {"present": ["rgb"], "temperature": 2.0, "accept": {"default": 0.95, "per_class": {"b": null}}},
+          {"present": ["depth", "rgb"], "temperature": 1.7, "accept": {"default": null}}]}
+    }"#;
+
+    fn multimodal_graph(presence: &[&str]) -> ModelInfo {
+        let image = |name: &str, c| TensorInfo {
+            name: name.into(),
+            elem_type: Some(1),
+            shape: Some(vec![Some(1), Some(c), Some(4), Some(4)]),
+        };
+        let mut inputs = vec![image("rgb", 3), image("height", 1), image("depth", 1)];
+        inputs.extend(presence.iter().map(|name| TensorInfo {
+            name: (*name).into(),
+            elem_type: Some(1),
+            shape: Some(vec![None]),
+        }));
+        ModelInfo { inputs, outputs: graph(3).outputs, ..Default::default() }
+    }
+
+    #[test]
+    fn learned_token_names_a_presence_input_per_optional_input() {
+        let card = Card::parse(MULTIMODAL).unwrap();
+        card.validate(&multimodal_graph(&["height_present", "depth_present"])).unwrap();
+        assert_eq!(card.presence_inputs(), ["height_present", "depth_present"]);
+        assert_eq!(card.inputs[0].presence_input(MissingPolicy::LearnedToken), None);
+        assert_eq!(card.inputs[1].presence_input(MissingPolicy::ZeroFill), None);
+        assert_eq!(Card::parse(&card.to_json()).unwrap(), card);
+        let message = card.validate(&multimodal_graph(&["height_present"])).unwrap_err().to_string();
+        assert_eq!(message, "card.inputs[2].optional: the graph has no presence input \"depth_present\"");
+        let mut wrong = multimodal_graph(&["height_present", "depth_present"]);
+        wrong.inputs[4].shape = Some(vec![Some(1), Some(1)]);
+        let message = card.validate(&wrong).unwrap_err().to_string();
+        assert!(message.contains("\"depth_present\" is [1, 1], expected float32 [1]"), "{message}");
+        // Zero-fill cards have none, and their inputs may be called anything.
+        assert!(Card::parse(VALID).unwrap().presence_inputs().is_empty());
+    }
+
+    #[test]
+    fn the_calibration_for_a_frame_is_the_one_of_its_present_inputs() {
+        let card = Card::parse(MULTIMODAL).unwrap();
+        let of = |present: &[&str]| {
+            card.calibration_for(present).map(|c| (c.temperature, c.thresholds(&card.labels)))
+        };
+        assert_eq!(of(&["rgb", "height", "depth"]), Some((1.5, vec![Some(0.9); 3])));
+        assert_eq!(of(&["depth", "rgb", "height"]), Some((1.5, vec![Some(0.9); 3])), "order does not matter");
+        assert_eq!(of(&["rgb"]), Some((2.0, vec![Some(0.95), None, Some(0.95)])));
+        assert_eq!(of(&["rgb", "depth"]), Some((1.7, vec![None; 3])));
+        assert_eq!(of(&["depth", "rgb"]), Some((1.7, vec![None; 3])));
+        // No calibration for rgb+height: the frame goes to review.
+        assert_eq!(of(&["rgb", "height"]), None);
+        assert_eq!(of(&["rgb", "height", "depth", "ir"]), None, "an input the card does not have");
+        assert_eq!(
+            card.calibration_for(&["rgb"]).unwrap().subset,
+            Some(&card.calibration.as_ref().unwrap().subsets[0])
+        );
+        assert_eq!(card.calibration_for(&["rgb", "height", "depth"]).unwrap().subset, None);
+        assert_eq!(card.subset_name(&["depth", "rgb"]).as_deref(), Some("rgb+depth"));
+        assert_eq!(card.subset_name(&["height", "depth", "rgb"]), None);
+        // A card without calibration has none for any set; one without subsets only the full one.
+        let uncalibrated = Card { calibration: None, ..card.clone() };
+        assert!(uncalibrated.calibration_for(&["rgb", "height", "depth"]).is_none());
+        let single = Card::parse(VALID).unwrap();
+        assert_eq!(single.calibration_for(&["image"]).map(|c| c.temperature), Some(1.5));
+        assert!(single.calibration_for(&[]).is_none());
+    }
+
+    #[test]
+    fn multimodal_rules_name_the_field() {
+        let graph = multimodal_graph(&["height_present", "depth_present"]);
+        let error = |json: String| match Card::parse(&json) {
+            Err(e) => e.to_string(),
+            Ok(card) => card.validate(&graph).unwrap_err().to_string(),
+        };
+        let cases = [
+            (
+                MULTIMODAL.replace("\"present\": [\"rgb\"]", "\"present\": [\"rgb\", \"height\", \"depth\"]"),
+                "card.calibration.subsets[0].present: lists every input",
+            ),
+            (
+                MULTIMODAL.replace("[\"depth\", \"rgb\"]", "[\"rgb\"]"),
+                "card.calibration.subsets[1].present: the same inputs as subsets[0]",
+            ),
+            (
+                MULTIMODAL.replace("[\"depth\", \"rgb\"]", "[\"depth\"]"),
+                "card.calibration.subsets[1].present: lacks \"rgb\"",
+            ),
+            (
+                MULTIMODAL.replace("[\"depth\", \"rgb\"]", "[\"rgb\", \"rgb\"]"),
+                "card.calibration.subsets[1].present: \"rgb\" appears twice",
+            ),
+            (
+                MULTIMODAL.replace("[\"depth\", \"rgb\"]", "[]"),
+                "card.calibration.subsets[1].present: must name",
+            ),
+            (
+                MULTIMODAL.replace("\"b\": null", "\"z\": null"),
+                "card.calibration.subsets[0].accept.per_class.z: is not one",
+            ),
+            (
+                MULTIMODAL.replace("\"temperature\": 2.0", "\"temperature\": 0"),
+                "card.calibration.subsets[0].temperature",
+            ),
+            (
+                MULTIMODAL.replace("\"learned-token\"}", "\"learned-token\", \"mask_input\": \"depth\"}"),
+                "card.missing_modality.mask_input: \"depth\" given",
+            ),
+            (
+                MULTIMODAL.replace("\"optional\": true", "\"optional\": false"),
+                "card.missing_modality.policy: \"learned-token\" needs",
+            ),
+        ];
+        for (json, expected) in cases {
+            assert_ne!(json, MULTIMODAL, "{expected}: the replacement changed nothing");
+            let message = error(json);
+            assert!(message.starts_with(expected), "{message:?} should start with {expected:?}");
+        }
+        // A card input named like a presence input (here the graph's input of that name is an
+        // image, as the card says).
+        let mut renamed = multimodal_graph(&["height_present"]);
+        renamed.inputs[0].name = "depth_present".into();
+        let card =
+            Card::parse(&MULTIMODAL.replace("\"name\": \"rgb\"", "\"name\": \"depth_present\"")).unwrap();
+        let message = card.validate(&renamed).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "card.inputs[0].name: \"depth_present\" is the name of the presence input of inputs[2] under \"learned-token\""
+        );
+        let no_optional = valid_with(|c| {
+            c["calibration"]["subsets"] =
+                serde_json::json!([{"present": ["image"], "temperature": 1, "accept": {"default": 0.9}}])
+        });
+        let message = error_of(&no_optional, 3);
+        assert!(
+            message.starts_with("card.calibration.subsets: given, but no input is optional"),
+            "{message}"
+        );
+        let too_many = valid_with(|c| {
+            c["calibration"]["subsets"] = vec![
+                serde_json::json!({"present": ["image"], "temperature": 1, "accept": {"default": 0.9}});
+                MAX_SUBSETS + 1
+            ]
+            .into()
+        });
+        let message = Card::parse(&too_many).unwrap_err().to_string();
+        assert_eq!(message, "card.calibration.subsets: 65 items, more than the 64 a card allows");
     }
 
     #[test]

@@ -32,11 +32,19 @@ fn expected_errors() -> BTreeMap<String, String> {
     serde_json::from_str(&text).expect("expected_errors.json maps file names to messages")
 }
 
-/// A graph that fits the card as far as the card can be read: one graph input per card input.
+/// A graph that fits the card as far as the card can be read: one graph input per card input,
+/// and under "learned-token" a presence input (float32 `[1]`) per optional one.
 fn graph_for(json: &str) -> ModelInfo {
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     let inputs = v["inputs"].as_array().map_or(&[][..], Vec::as_slice);
     let labels = v["labels"].as_array().map_or(0, Vec::len) as i64;
+    let learned_token = v["missing_modality"]["policy"] == "learned-token";
+    let presence =
+        inputs.iter().filter(|input| learned_token && input["optional"] == true).map(|input| TensorInfo {
+            name: format!("{}_present", input["name"].as_str().unwrap_or("image")),
+            elem_type: Some(1),
+            shape: Some(vec![Some(1)]),
+        });
     ModelInfo {
         inputs: inputs
             .iter()
@@ -45,6 +53,7 @@ fn graph_for(json: &str) -> ModelInfo {
                 elem_type: Some(1),
                 shape: input["shape"].as_array().map(|d| d.iter().map(|x| x.as_i64()).collect()),
             })
+            .chain(presence)
             .collect(),
         outputs: vec![TensorInfo {
             name: v["output"].as_str().unwrap_or("logits").into(),

@@ -15,6 +15,13 @@ Besides the JSON Schema, :func:`validate_card` makes the checks a schema cannot 
   ``rgb``/``bgr``, and that count equals ``shape[1]`` (NCHW);
 * ``calibration.accept.per_class`` keys are labels;
 * input names are unique, and ``missing_modality.mask_input`` (when set) names an input;
+* under ``missing_modality.policy`` ``"learned-token"``: at least one input is optional, there is
+  no ``mask_input``, and no input is named like a presence input (``<name>_present`` of an
+  optional input, a graph input the card does not list: :func:`presence_inputs`);
+* ``calibration.subsets`` (the calibration of frames with only some inputs present; the top
+  level is the one with every input) are given only when an input is optional; each
+  ``present`` names card inputs, holds every non-optional input and not every input, no two
+  are the same set, and their ``per_class`` keys are labels;
 * the card's JSON, as :func:`write_card` stores it, is at most ``MAX_CARD_JSON_BYTES``.
 
 The schema bounds every string and list (a card comes from a model file, which may come
@@ -138,18 +145,71 @@ def validate_card(card: dict) -> None:
             raise CardError(
                 f"card.inputs[{i}].name: {json.dumps(name)} is already the name of inputs[{names.index(name)}]"
             )
-    mask = (card.get("missing_modality") or {}).get("mask_input")
+    mm = card.get("missing_modality") or {}
+    mask = mm.get("mask_input")
     if mask is not None and mask not in names:
         raise CardError(
             f"card.missing_modality.mask_input: {json.dumps(mask)} is not one of the card's inputs ({', '.join(names)})"
         )
+    optional = [inp["name"] for inp in card["inputs"] if inp.get("optional", False)]
+    if mm.get("policy") == "learned-token":
+        if not optional:
+            raise CardError(
+                'card.missing_modality.policy: "learned-token" needs at least one input with "optional": true'
+            )
+        if mask is not None:
+            raise CardError(
+                f'card.missing_modality.mask_input: {json.dumps(mask)} given, but "learned-token" takes none '
+                "(the graph has a <name>_present input per optional input)"
+            )
+        presence = presence_inputs(card)
+        for i, name in enumerate(names):
+            if name in presence:
+                j = names.index(optional[presence.index(name)])
+                raise CardError(
+                    f"card.inputs[{i}].name: {json.dumps(name)} is the name of the presence input of "
+                    f'inputs[{j}] under "learned-token"'
+                )
 
     cal = card.get("calibration")
     if cal:
         labels = set(card["labels"])
-        for key in cal["accept"].get("per_class", {}):
-            if key not in labels:
-                raise CardError(f"card.calibration.accept.per_class.{key}: {key!r} is not a label")
+        _check_per_class(cal, labels, "card.calibration")
+        subsets = cal.get("subsets", [])
+        if subsets and not optional:
+            raise CardError("card.calibration.subsets: given, but no input is optional: every frame has every input")
+        for k, subset in enumerate(subsets):
+            field = f"card.calibration.subsets[{k}]"
+            for m, name in enumerate(subset["present"]):
+                if name not in names:
+                    raise CardError(
+                        f"{field}.present[{m}]: {json.dumps(name)} is not one of the card's inputs ({', '.join(names)})"
+                    )
+            for inp in card["inputs"]:
+                if not inp.get("optional", False) and inp["name"] not in subset["present"]:
+                    raise CardError(f"{field}.present: lacks {json.dumps(inp['name'])}, which is not optional")
+            if len(subset["present"]) == len(names):
+                raise CardError(f"{field}.present: lists every input: that is the top-level calibration")
+            for j, other in enumerate(subsets[:k]):
+                if set(other["present"]) == set(subset["present"]):
+                    raise CardError(f"{field}.present: the same inputs as subsets[{j}]")
+            _check_per_class(subset, labels, field)
+
+
+def _check_per_class(cal: dict, labels: set, field: str) -> None:
+    for key in cal["accept"].get("per_class", {}):
+        if key not in labels:
+            raise CardError(f"{field}.accept.per_class.{key}: {key!r} is not a label")
+
+
+def presence_inputs(card: dict) -> list[str]:
+    """The presence inputs the runtime feeds besides the card's inputs, in card input order:
+    ``<name>_present`` (float32, shape ``[N]``, N the batch dimension of the input's shape; 1.0
+    when the input is present, 0.0 when missing) for each optional input under
+    ``missing_modality.policy`` ``"learned-token"``; none otherwise."""
+    if (card.get("missing_modality") or {}).get("policy") != "learned-token":
+        return []
+    return [f"{inp['name']}_present" for inp in card["inputs"] if inp.get("optional", False)]
 
 
 def _dims(value_info) -> list[int | None]:
@@ -172,6 +232,17 @@ def check_against_graph(card: dict, model: onnx.ModelProto) -> None:
         gd = _dims(inputs[inp["name"]])
         if len(gd) != len(inp["shape"]) or any(g is not None and g != s for g, s in zip(gd, inp["shape"], strict=True)):
             raise CardError(f"card.inputs[{i}].shape: {inp['shape']} does not match the graph input {gd}")
+    optional = [(i, inp) for i, inp in enumerate(card["inputs"]) if inp.get("optional", False)]
+    for (i, inp), name in zip(optional, presence_inputs(card), strict=False):
+        if name not in inputs:
+            raise CardError(f"card.inputs[{i}].optional: the graph has no presence input {json.dumps(name)}")
+        gd = _dims(inputs[name])
+        elem = inputs[name].type.tensor_type.elem_type
+        batch = inp["shape"][0]
+        if elem != onnx.TensorProto.FLOAT or len(gd) != 1 or gd[0] not in (None, batch):
+            raise CardError(
+                f"card.inputs[{i}].optional: the graph input {json.dumps(name)} is {gd}, expected float32 [{batch}]"
+            )
 
 
 def write_card(onnx_path, card: dict, out_path=None) -> None:

@@ -14,6 +14,7 @@ from edgekd_train.card import (
     CardError,
     find_schema_path,
     load_schema,
+    presence_inputs,
     read_card,
     validate_card,
     write_card,
@@ -255,6 +256,36 @@ def test_input_name_must_exist(tmp_path):
     path = tiny_onnx(tmp_path / "m.onnx", in_name="x")
     with pytest.raises(CardError, match=r"card\.inputs\[0\]\.name"):
         write_card(path, good_card())
+
+
+def _learned_token_card():
+    card = good_card()
+    card["inputs"][0]["optional"] = True
+    card["missing_modality"] = {"policy": "learned-token", "mask_input": None}
+    return card
+
+
+def _with_presence_input(path, dims, elem=TensorProto.FLOAT):
+    model = onnx.load(str(path))
+    model.graph.input.append(helper.make_tensor_value_info("image_present", elem, dims))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_learned_token_needs_the_presence_input_in_the_graph(tmp_path):
+    card = _learned_token_card()
+    assert presence_inputs(card) == ["image_present"]
+    assert presence_inputs(good_card()) == []
+    with pytest.raises(CardError) as e:
+        write_card(tiny_onnx(tmp_path / "none.onnx"), card)
+    assert str(e.value) == 'card.inputs[0].optional: the graph has no presence input "image_present"'
+    with pytest.raises(CardError, match=r'"image_present" is \[1, 1\], expected float32 \[1\]'):
+        write_card(_with_presence_input(tiny_onnx(tmp_path / "2d.onnx"), [1, 1]), card)
+    with pytest.raises(CardError, match="expected float32"):
+        write_card(_with_presence_input(tiny_onnx(tmp_path / "int.onnx"), [1], TensorProto.INT64), card)
+    path = _with_presence_input(tiny_onnx(tmp_path / "ok.onnx"), ["N"])
+    write_card(path, card)
+    assert read_card(path, validate=True) == card
 
 
 def test_card_module_does_not_import_torch():
