@@ -106,9 +106,12 @@ fn columns(header: &[String], inputs: &[String]) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-/// Rows of cells, each with the line it starts on (1-based). A quoted cell may hold commas,
-/// doubled quotes and line breaks, so rows are not lines.
-fn parse(text: &str) -> Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+/// A row's cells and the line it starts on (1-based).
+type Row = (usize, Vec<String>);
+
+/// Rows of cells. A quoted cell may hold commas, doubled quotes and line breaks, so rows are
+/// not lines. An error is the line it is on and what is wrong.
+fn parse(text: &str) -> Result<Vec<Row>, (usize, String)> {
     let mut rows = Vec::new();
     let mut row = Vec::new();
     let mut cell = String::new();
