@@ -44,13 +44,17 @@ def _f(
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("fashion-mnist", choices=("fashion-mnist", "image-folder"))
-    path: str = _f(DEFAULT_ROOT)
+    dataset: str = _f("fashion-mnist", choices=("fashion-mnist", "image-folder", "manifest"))
+    path: str = _f(DEFAULT_ROOT, doc="manifest: the training manifest (CSV: id,label,<one column per [inputs] name>)")
+    test_path: str | None = _f(None, doc="manifest only: the test manifest")
+    labels: list[str] | None = _f(None, doc="manifest only: the classes in output order; unset: sorted labels of path")
     limit_train: int | None = _f(None, min=1, doc="use only the first N training images (tests)")
     limit_test: int | None = _f(None, min=1)
     calibration_split: int = _f(5000, min=1, doc="taken from the END of the training set")
-    image_size: int = _f(28, min=4, doc="image-folder only: images are resized (stretch) to this")
-    color: str = _f("gray", choices=("gray", "rgb"))
+    image_size: int = _f(28, min=4, doc="image-folder and manifest: every image is resized (stretch) to this")
+    color: str = _f(
+        "gray", choices=("gray", "rgb"), doc="fashion-mnist and image-folder (manifest: [inputs.<name>].color)"
+    )
     augment_flip: bool = _f(True)
     augment_shift: int = _f(2, min=0, max=16, doc="random translation in pixels (zero padded)")
 
@@ -71,6 +75,10 @@ class TrainSection:
         doc="lr is given for lr_base_batch; the lr used is lr * (global batch / lr_base_batch) ** (1 linear, 0.5 sqrt)",
     )
     lr_base_batch: int = _f(256, min=1, doc="global batch size (batch_size x processes) that lr is given for")
+    inputs: list[str] | None = _f(None, doc="manifest: the [inputs] this model sees; unset: all of them")
+    modality_dropout: float = _f(
+        0.0, min=0.0, max=0.95, doc="drop each optional input of each training sample with this probability"
+    )
 
 
 @dataclass
@@ -87,9 +95,17 @@ class StudentConfig(TrainSection):
     pass
 
 
-# Built and tested as distillers (distillers/edam.py, crd.py), not yet fed by the pipeline: the
-# multimodal data path and the attention-map models are wired in a later step of issue 14.
-NOT_YET_IN_PIPELINE = frozenset({"edam", "crd", "edam+crd"})
+@dataclass
+class InputConfig:
+    """One input of manifest data, ``[inputs.<name>]``: <name> is its manifest column and the
+    ONNX input's name."""
+
+    color: str = _f("rgb", choices=("gray", "rgb"), doc="16-bit gray (a height map) keeps its full range")
+    optional: bool = _f(False, doc="a sample may lack it (an empty manifest cell; the box may run without it)")
+
+
+ATTENTION_METHODS = frozenset({"edam", "edam+crd"})
+CONTRAST_METHODS = frozenset({"crd", "edam+crd"})
 VIEWS = ("single", "crld")  # = data.views.VIEW_KINDS, which this module must not import (torch)
 
 
@@ -134,6 +150,31 @@ class DTOKDConfig:
     weight_decay: float = _f(0.01, min=0.0, doc="famo: Adam weight decay of the weight logits")
     clip_norm: float = _f(1.0, min=0.0, doc="max gradient norm of student + projector; 0 = no clipping")
     log_every: int = _f(50, min=0, doc="gradient conflict/dominance diagnostics every N steps; 0 = never")
+
+
+@dataclass
+class EDAMConfig:
+    """EDAM (methods.md section 5.4): used by edam and edam+crd."""
+
+    layers: list[list[str]] | None = _f(
+        None,
+        doc='[[teacher_map, student_map], ...], e.g. [["rgb.cross1", "rgb.self1"]]; unset: every student '
+        "self-attention layer with the teacher's cross-attention of the same stream and layer",
+    )
+    beta: float = _f(1.0, min=0.0, doc="weight of the attention-map cross-entropy")
+    alpha: float = _f(0.0, min=0.0, doc="edam only: weight of logit KD at [distill].T")
+
+
+@dataclass
+class CRDConfig:
+    """CRD (methods.md section 6): used by crd and edam+crd."""
+
+    feat_dim: int = _f(128, min=1, doc="embedding width of both projection heads")
+    k: int | None = _f(None, min=1, doc="negatives per anchor; unset: min(4096, training samples - 1)")
+    tau: float = _f(0.07, min=0.0, min_exclusive=True, doc="NCE temperature")
+    momentum: float = _f(0.5, min=0.0, max=0.999, doc="memory bank momentum")
+    beta: float = _f(0.8, min=0.0, doc="weight of the contrastive term")
+    alpha: float = _f(0.0, min=0.0, doc="weight of logit KD at [distill].T")
 
 
 @dataclass
@@ -183,11 +224,14 @@ class RunConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    inputs: dict[str, InputConfig] = field(default_factory=dict)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     crld: CRLDConfig = field(default_factory=CRLDConfig)
     dtokd: DTOKDConfig = field(default_factory=DTOKDConfig)
+    edam: EDAMConfig = field(default_factory=EDAMConfig)
+    crd: CRDConfig = field(default_factory=CRDConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -203,13 +247,28 @@ class Config:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("internal")}
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: dataclasses.asdict(sec) for name, sec in self.sections().items()}
+        return {
+            name: {k: dataclasses.asdict(v) for k, v in sec.items()} if name in TABLES else dataclasses.asdict(sec)
+            for name, sec in self.sections().items()
+        }
+
+    def model_inputs(self, section: str) -> list[str]:
+        """The [inputs] names the teacher or student sees, in [inputs] order (["image"] for
+        fashion-mnist and image-folder data)."""
+        if not self.inputs:
+            return ["image"]
+        chosen = getattr(self, section).inputs
+        return [n for n in self.inputs if chosen is None or n in chosen]
 
 
 SECTIONS = {k: v for k, v in typing.get_type_hints(Config).items() if k != "source"}
+# Sections that are tables of named tables ([inputs.rgb], [inputs.height]) of this type.
+TABLES = {"inputs": InputConfig}
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
     args = typing.get_args(tp)
     if args:
         return " or ".join("none" if a is type(None) else a.__name__ for a in args)
@@ -219,14 +278,19 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (int | None, float, ...)."""
+    """Check ``value`` against the annotation ``tp`` (int | None, float, list[str], ...)."""
     args = typing.get_args(tp)
-    allowed = args if args else (tp,)
+    allowed = args if args and typing.get_origin(tp) is not list else (tp,)
     if value is None and type(None) in allowed:
         return None
     for a in allowed:
         if a is type(None):
             continue
+        if typing.get_origin(a) is list:
+            if not isinstance(value, list):
+                continue
+            (item,) = typing.get_args(a)
+            return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         # bool is a subclass of int in Python: never let `true` pass as an integer.
         if a is bool and isinstance(value, bool):
             return value
@@ -273,6 +337,13 @@ def _build_section(name: str, cls: type, raw: Any, src: str, explicit: set[str])
     return cls(**kwargs)
 
 
+def _build_tables(name: str, cls: type, raw: Any, src: str, explicit: set[str]) -> dict[str, Any]:
+    """``[name.<key>]`` tables, each a ``cls``, in file order."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{src}: [{name}]: is not a table (expected [{name}.<name>] tables)")
+    return {key: _build_section(f"{name}.{key}", cls, table, src, explicit) for key, table in raw.items()}
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """``section.key=value`` -> (section, key, value). The value is read as a TOML value when it
     parses as one (numbers, booleans, quoted strings), else taken as a bare string; ``none``
@@ -310,10 +381,21 @@ def from_dict(
         sec = raw.setdefault(section, {})
         if not isinstance(sec, dict):
             raise ConfigError(f"{source}: [{section}]: is not a table (expected a [{section}] section)")
+        if section in TABLES:
+            # --set inputs.height.optional=true: the named table's key.
+            if "." not in key:
+                raise ConfigError(f"--set {ov}: expected {section}.<name>.key=value")
+            name, key = key.split(".", 1)
+            sec = sec.setdefault(name, {})
+            if not isinstance(sec, dict):
+                raise ConfigError(f"{source}: [{section}.{name}]: is not a table")
+            section = f"{section}.{name}"
+            fields = {f.name for f in dataclasses.fields(TABLES[section.split(".")[0]])}
+        else:
+            fields = {f.name for f in dataclasses.fields(SECTIONS[section])}
         if value is None:
             sec.pop(key, None)
             cleared.add(f"{section}.{key}")
-            fields = {f.name for f in dataclasses.fields(SECTIONS[section])}
             if key not in fields:
                 raise ConfigError(
                     f"--set {ov}: [{section}].{key}: unknown key (expected one of {', '.join(sorted(fields))})"
@@ -321,7 +403,12 @@ def from_dict(
         else:
             sec[key] = value
     explicit: set[str] = set()
-    secs = {name: _build_section(name, cls, raw.get(name, {}), source, explicit) for name, cls in SECTIONS.items()}
+    secs = {
+        name: _build_tables(name, TABLES[name], raw.get(name, {}), source, explicit)
+        if name in TABLES
+        else _build_section(name, cls, raw.get(name, {}), source, explicit)
+        for name, cls in SECTIONS.items()
+    }
     cfg = Config(**secs, source=source)
     validate(cfg, explicit, warn)
     return cfg
@@ -332,25 +419,24 @@ def validate(cfg: Config, explicit: set[str], warn) -> None:
     # Imported here: the registries import torch, and a bad field name should be reported
     # even before torch is imported (fast failure for the Rust front end).
     from .distillers import DISTILLERS
-    from .models import check_model_name
+    from .models import attention_models, check_model_name
 
     src = cfg.source
-    trained = sorted(set(DISTILLERS) - NOT_YET_IN_PIPELINE)
     if cfg.distill.method not in DISTILLERS:
         raise ConfigError(
-            f"{src}: [distill].method: unknown method {cfg.distill.method!r} (expected one of {', '.join(trained)})"
-        )
-    if cfg.distill.method in NOT_YET_IN_PIPELINE:
-        raise ConfigError(
-            f"{src}: [distill].method: {cfg.distill.method!r} is not trained by `edge-kd distill` yet: it needs "
-            f"multimodal batches with sample indices and attention-map models, which the pipeline does not build "
-            f"yet (expected one of {', '.join(trained)})"
+            f"{src}: [distill].method: unknown method {cfg.distill.method!r} "
+            f"(expected one of {', '.join(sorted(DISTILLERS))})"
         )
     needs_teacher = DISTILLERS[cfg.distill.method].needs_teacher
     for sec in ("student",) + (("teacher",) if needs_teacher else ()):
         why = check_model_name(getattr(cfg, sec).model)
         if why:
             raise ConfigError(f"{src}: [{sec}].model: {why}")
+        if cfg.distill.method in ATTENTION_METHODS and getattr(cfg, sec).model not in attention_models():
+            raise ConfigError(
+                f"{src}: [{sec}].model: {getattr(cfg, sec).model!r} returns no attention maps, which method "
+                f"{cfg.distill.method!r} distils (expected one of {', '.join(attention_models())})"
+            )
     t = cfg.teacher
     if needs_teacher and t.model.startswith("timm:") and not t.weights:
         raise ConfigError(
@@ -378,6 +464,7 @@ def validate(cfg: Config, explicit: set[str], warn) -> None:
     if cfg.student.epochs < 1:
         raise ConfigError(f"{src}: [student].epochs: {cfg.student.epochs} (expected >= 1)")
     _check_combination(cfg)
+    _check_inputs(cfg, needs_teacher)
     unused = _unused_keys(cfg, explicit, needs_teacher)
     if unused:
         warn(
@@ -394,6 +481,59 @@ def validate(cfg: Config, explicit: set[str], warn) -> None:
             f"{src}: [data].limit_train: {cfg.data.limit_train} leaves no training images after "
             f"the calibration split of {cfg.data.calibration_split} (expected > calibration_split)"
         )
+
+
+def _check_inputs(cfg: Config, needs_teacher: bool) -> None:
+    """[inputs] against the data set, and what each model sees of them."""
+    src, d = cfg.source, cfg.data
+    if d.dataset != "manifest":
+        for key, given in (("[inputs]", cfg.inputs), ("[data].test_path", d.test_path), ("[data].labels", d.labels)):
+            if given:
+                raise ConfigError(
+                    f"{src}: {key}: given for {d.dataset!r} data (expected only with dataset = 'manifest')"
+                )
+        for sec in ("teacher", "student"):
+            if getattr(cfg, sec).inputs not in (None, ["image"]):
+                raise ConfigError(
+                    f"{src}: [{sec}].inputs: {d.dataset!r} data has one input, 'image' (expected no value)"
+                )
+            if getattr(cfg, sec).modality_dropout > 0:
+                raise ConfigError(f"{src}: [{sec}].modality_dropout: {d.dataset!r} data has no optional input")
+        return
+    if not cfg.inputs:
+        raise ConfigError(
+            f"{src}: [inputs]: manifest data needs one [inputs.<column>] table per input "
+            '(e.g. [inputs.rgb] color = "rgb")'
+        )
+    if not d.test_path:
+        raise ConfigError(f"{src}: [data].test_path: manifest data needs a test manifest (expected a CSV path)")
+    if d.labels is not None and (not d.labels or len(set(d.labels)) != len(d.labels)):
+        raise ConfigError(f"{src}: [data].labels: {d.labels!r} (expected distinct class names)")
+    if cfg.views == "crld":
+        raise ConfigError(
+            f"{src}: [distill].views: 'crld' is defined for one camera image, not manifest inputs (expected 'single')"
+        )
+    if all(i.optional for i in cfg.inputs.values()):
+        raise ConfigError(f"{src}: [inputs]: every input is optional (expected at least one required input)")
+    for sec in ("student",) + (("teacher",) if needs_teacher else ()):
+        part = getattr(cfg, sec)
+        if part.inputs is not None:
+            unknown = [n for n in part.inputs if n not in cfg.inputs]
+            if unknown or not part.inputs or len(set(part.inputs)) != len(part.inputs):
+                raise ConfigError(
+                    f"{src}: [{sec}].inputs: {part.inputs!r} (expected distinct names of [inputs]: "
+                    f"{', '.join(cfg.inputs)})"
+                )
+        seen = cfg.model_inputs(sec)
+        if all(cfg.inputs[n].optional for n in seen):
+            raise ConfigError(
+                f"{src}: [{sec}].inputs: {seen!r} are all optional (expected at least one required input)"
+            )
+        if part.modality_dropout > 0 and not any(cfg.inputs[n].optional for n in seen):
+            raise ConfigError(
+                f"{src}: [{sec}].modality_dropout: {part.modality_dropout} but the {sec} sees no optional "
+                "input (expected 0, or an [inputs.<name>] with optional = true)"
+            )
 
 
 def _check_combination(cfg: Config) -> None:
@@ -455,6 +595,10 @@ def _unused_keys(cfg: Config, explicit: set[str], needs_teacher: bool) -> list[s
             return cfg.views == "crld" and (name not in ("w_ce", "log_every") or method == "crld")
         if section == "dtokd":
             return method == "dtokd"
+        if section == "edam":
+            return method in ATTENTION_METHODS and (name != "alpha" or method == "edam")
+        if section == "crd":
+            return method in CONTRAST_METHODS
         return True
 
     return sorted(k for k in explicit if not used(k))
@@ -480,6 +624,8 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, str):
         # json string escaping is a subset of TOML basic strings for what we write.
         import json
@@ -492,9 +638,11 @@ def to_toml(cfg: Config) -> str:
     """The resolved configuration as TOML (None values are written as comments: TOML has no null)."""
     lines = [f"# resolved from {cfg.source}"]
     for name, sec in cfg.to_dict().items():
-        lines.append(f"\n[{name}]")
-        for k, v in sec.items():
-            lines.append(f"# {k} = (none)" if v is None else f"{k} = {_toml_value(v)}")
+        tables = {f"{name}.{k}": v for k, v in sec.items()} if name in TABLES else {name: sec}
+        for header, table in tables.items():
+            lines.append(f"\n[{header}]")
+            for k, v in table.items():
+                lines.append(f"# {k} = (none)" if v is None else f"{k} = {_toml_value(v)}")
     return "\n".join(lines) + "\n"
 
 

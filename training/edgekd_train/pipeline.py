@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -13,12 +14,14 @@ import torch
 
 from . import calibrate as cal_mod
 from .config import Config, ConfigError, write_resolved
-from .data.splits import load_splits
+from .data.feed import Feed
+from .data.multimodal import COLORS, ModalitySpec
+from .data.splits import DataError, load_splits
 from .distillers import DISTILLERS, create_distiller
-from .export import build_card, export_student
-from .models import EXTERNAL_PREFIXES, count_params, create_model
+from .export import build_card, card_input, export_student
+from .models import EXTERNAL_PREFIXES, count_params, create_model, input_names
 from .plots import gradient_balance_png, reliability_png, risk_coverage_png
-from .train import Context, accuracy, fit, predict
+from .train import Context, fit, predict
 
 
 def log(msg: str) -> None:
@@ -54,12 +57,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def distiller_params(cfg: Config) -> dict:
-    """Constructor arguments of ``cfg.distill.method``'s distiller, from its config sections."""
+def distiller_params(cfg: Config, n_train: int) -> dict:
+    """Constructor arguments of ``cfg.distill.method``'s distiller, from its config sections;
+    ``n_train`` (the training samples) sizes CRD's memory banks."""
     d, c, t = cfg.distill, cfg.crld, cfg.dtokd
     crld = {"tau_w": c.tau_w, "tau_s": c.tau_s, "w_wv": c.w_wv, "w_cv": c.w_cv}
+    e, r = cfg.edam, cfg.crd
+    crd = {"n_data": n_train, "feat_dim": r.feat_dim, "k": r.k, "tau": r.tau, "momentum": r.momentum}
     if d.method == "kd":
         return {"T": d.T, "alpha": d.alpha}
+    if d.method == "edam":
+        return {"T": d.T, "layers": e.layers, "beta": e.beta, "alpha": e.alpha}
+    if d.method == "crd":
+        return {"T": d.T, "beta": r.beta, "alpha": r.alpha, **crd}
+    if d.method == "edam+crd":
+        return {"T": d.T, "layers": e.layers, "beta_edam": e.beta, "beta": r.beta, "alpha": r.alpha, **crd}
     if d.method == "crld":
         return {"T": d.T, "w_ce": c.w_ce, "log_every": c.log_every, **crld}
     if d.method == "dtokd":
@@ -102,6 +114,99 @@ def mask_summary(records: list[dict]) -> dict | None:
     return {"epoch": last[0]["epoch"], "steps": len(last), **{k: sum(r[k] for r in last) / len(last) for k in keys}}
 
 
+def model_specs(cfg: Config, splits, section: str) -> list[ModalitySpec]:
+    """The data's inputs the teacher or student sees, in [inputs] order."""
+    return [splits.spec(name) for name in cfg.model_inputs(section)]
+
+
+def build_model(cfg: Config, splits, section: str, **kwargs) -> torch.nn.Module:
+    """The teacher or student, built for the inputs it sees; a model that cannot take them is a
+    ConfigError naming the section."""
+    specs = model_specs(cfg, splits, section)
+    try:
+        return create_model(
+            getattr(cfg, section).model,
+            len(splits.labels),
+            specs[0].channels,
+            inputs=[(s.name, s.channels, s.optional) for s in specs],
+            image_size=specs[0].size[0],
+            **kwargs,
+        )
+    except ValueError as e:
+        raise ConfigError(f"{cfg.source}: [{section}].model: {e}") from None
+
+
+def missing_subsets(specs: list[ModalitySpec]) -> list[tuple[str, ...]]:
+    """Each set of inputs a frame may come with besides all of them: every required input plus
+    some (not all) of the optional ones, largest first, in card order."""
+    optional = [s.name for s in specs if s.optional]
+    subsets = []
+    for k in range(len(optional) - 1, -1, -1):
+        for kept in itertools.combinations(optional, k):
+            subsets.append(tuple(s.name for s in specs if not s.optional or s.name in kept))
+    return subsets
+
+
+def subset_name(present: tuple[str, ...]) -> str:
+    """How the card and the runtime name a set of present inputs (``rgb+height``)."""
+    return "+".join(present)
+
+
+def evaluate_subsets(model, specs: list[ModalitySpec], data, feed: Feed, ctx, labels: list[str]) -> dict:
+    """Test accuracy and per-class accuracy with every input present and with each subset of
+    them (the others made missing, the teacher's "height zeroed"), keyed by subset name."""
+    names = tuple(s.name for s in specs)
+    out = {}
+    for present in (names, *missing_subsets(specs)):
+        pred = predict(model, data, feed, ctx, missing=[n for n in names if n not in present]).argmax(1)
+        truth = data.labels.cpu()
+        out[subset_name(present)] = {
+            "accuracy": float((pred == truth).double().mean()),
+            "per_class": {
+                label: float((pred[truth == k] == k).double().mean()) if bool((truth == k).any()) else None
+                for k, label in enumerate(labels)
+            },
+        }
+    return out
+
+
+def calibrate_subset(
+    student, specs, present, calib, feed, ctx, labels, cc
+) -> tuple[cal_mod.Calibration, np.ndarray, np.ndarray]:
+    """The calibration of frames with exactly the inputs ``present``: chosen on the calibration
+    samples that have all of them, the others made missing."""
+    names = [s.name for s in specs]
+    rows = torch.ones(len(calib), dtype=torch.bool, device=calib.labels.device)
+    for name in present:
+        rows &= calib.present[name]
+    subset = calib.select(rows)
+    if len(subset) == 0:
+        raise DataError(f"no calibration sample has every input of {subset_name(present)}")
+    logits = predict(student, subset, feed, ctx, missing=[n for n in names if n not in present]).double().numpy()
+    truth = subset.labels.cpu().numpy()
+    cal = cal_mod.calibrate(
+        logits, truth, labels, cc.max_error_among_accepted, cc.min_samples_per_class, cc.bound_confidence
+    )
+    return cal, logits, truth
+
+
+def reference_samples(student, specs, data, feed: Feed, ctx, n: int, learned_token: bool) -> list[dict]:
+    """The first ``n`` test samples as graph inputs, once with every input present and once per
+    missing subset, so parity covers every subset the box may see."""
+    names = [s.name for s in specs]
+    optional = [s.name for s in specs if s.optional]
+    rows = torch.arange(min(n, len(data)), device=data.labels.device)
+    samples = []
+    for present in (tuple(names), *missing_subsets(specs)):
+        batch = feed.replace(channels_last=False).eval_batch(data, rows, [m for m in names if m not in present])
+        for i in range(len(rows)):
+            sample = {m: batch[m][i : i + 1].cpu().numpy() for m in names}
+            if learned_token:
+                sample.update({f"{m}_present": batch[f"{m}_present"][i : i + 1].cpu().numpy() for m in optional})
+            samples.append(sample)
+    return samples
+
+
 def run_distill(cfg: Config, out: Path, resume: bool, emit, command: str) -> dict:
     device = resolve_device(cfg.run.device)
     rank, world, device = init_distributed(device)
@@ -137,14 +242,12 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
         write_resolved(cfg, out / "config.resolved.toml")
     emit({"event": "start", "out": str(out), "device": device.type, "world_size": world, "config": cfg.to_dict()})
 
-    splits = load_splits(cfg.data)
-    log(
-        f"data: train {len(splits.train)}, calibration {len(splits.calibration)}, test {len(splits.test)}; "
-        f"mean {splits.normalizer.mean} std {splits.normalizer.std}"
-    )
-    train, test, calib = splits.train.to(device), splits.test.to(device), splits.calibration.to(device)
+    splits = load_splits(cfg.data, cfg.inputs)
     norm = splits.normalizer
-    n_cls, in_ch = len(splits.labels), splits.train.images.shape[1]
+    stats = ", ".join(f"{k} mean {n.mean} std {n.std}" for k, n in norm.by_modality.items())
+    log(f"data: train {len(splits.train)}, calibration {len(splits.calibration)}, test {len(splits.test)}; {stats}")
+    train, test, calib = splits.train.to(device), splits.test.to(device), splits.calibration.to(device)
+    optional = tuple(s.name for s in splits.specs if s.optional)
     cuda = device.type == "cuda"  # bf16 and channels_last pay off there only
     ctx = Context(
         device=device,
@@ -172,7 +275,8 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
     teacher, teacher_info = None, None
     if method_cls.needs_teacher:
         tc = cfg.teacher
-        teacher = create_model(tc.model, n_cls, in_ch, tc.weights, new_head=tc.finetune).to(device)
+        teacher = build_model(cfg, splits, "teacher", weights=tc.weights, new_head=tc.finetune).to(device)
+        teacher_feed = Feed(norm, optional, tc.modality_dropout)
         if (tc.weights or tc.model.startswith(EXTERNAL_PREFIXES)) and not tc.finetune:
             src = tc.weights or tc.model.split(":", 1)[1]
             emit({"event": "phase", "phase": "teacher", "skipped": f"loaded from {src}"})
@@ -185,14 +289,18 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
                 tc,
                 train,
                 test,
-                norm,
+                teacher_feed,
                 ctx,
                 ckpt_dir / "teacher.pt",
                 resume,
             )
         teacher.eval()
-        t_acc = accuracy(predict(teacher, test, norm, ctx), test.labels)
+        t_specs = model_specs(cfg, splits, "teacher")
+        t_subsets = evaluate_subsets(teacher, t_specs, test, teacher_feed, ctx, splits.labels)
+        t_acc = t_subsets[subset_name(tuple(s.name for s in t_specs))]["accuracy"]
         teacher_info = {"model": tc.model, "params": count_params(teacher), "test_accuracy": t_acc}
+        if len(t_subsets) > 1:
+            teacher_info["by_subset"] = t_subsets
         if is_main:
             torch.save(teacher.state_dict(), out / "teacher.pt")
         log(f"teacher {tc.model}: test accuracy {t_acc:.4f}")
@@ -200,29 +308,43 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
     # ---- student
     sc = cfg.student
     seed_everything(cfg.run.seed + 1)  # the student's init does not depend on whether a teacher was trained
-    student = create_model(sc.model, n_cls, in_ch)
-    distiller = create_distiller(cfg.distill.method, student, teacher, **distiller_params(cfg))
-    res = fit("student", distiller, sc, train, test, norm, ctx, ckpt_dir / "student.pt", resume)
+    student = build_model(cfg, splits, "student")
+    s_specs = model_specs(cfg, splits, "student")
+    try:
+        distiller = create_distiller(cfg.distill.method, student, teacher, **distiller_params(cfg, len(train)))
+    except ValueError as e:
+        raise ConfigError(f"{cfg.source}: [distill].method: {cfg.distill.method!r}: {e}") from None
+    student_feed = Feed(norm, optional, sc.modality_dropout)
+    res = fit("student", distiller, sc, train, test, student_feed, ctx, ckpt_dir / "student.pt", resume)
     student = distiller.student.eval()
+    s_subsets = evaluate_subsets(student, s_specs, test, student_feed, ctx, splits.labels)
+    learned_token = any(n.endswith("_present") for n in input_names(student))
+    if any(s.optional for s in s_specs) and not learned_token:
+        log(
+            f"student {sc.model}: takes no presence inputs, so a missing optional input reaches it as zeros "
+            "(the card's policy is zero-fill)"
+        )
     warm = (res.throughput or {}).get("warmup_steps_left_out", 0)
     log(
         f"student {sc.model}: test accuracy {res.test_accuracy:.4f}, {res.images_per_s:.0f} images/s "
         f"(last epoch; the phase's first {warm} steps are not timed)"
     )
 
-    # ---- calibrate (calibration split = end of the training set)
+    # ---- calibrate (calibration split = end of the training set), once per set of present inputs
     emit({"event": "phase", "phase": "calibrate"})
-    cal_logits = predict(student, calib, norm, ctx).double().numpy()
-    cal_labels = calib.labels.cpu().numpy()
     cc = cfg.calibration
-    cal = cal_mod.calibrate(
-        cal_logits,
-        cal_labels,
-        splits.labels,
-        cc.max_error_among_accepted,
-        cc.min_samples_per_class,
-        cc.bound_confidence,
+    all_inputs = tuple(s.name for s in s_specs)
+    cal, cal_logits, cal_labels = calibrate_subset(
+        student, s_specs, all_inputs, calib, student_feed, ctx, splits.labels, cc
     )
+    subsets = []
+    for present in missing_subsets(s_specs):
+        sub, _, _ = calibrate_subset(student, s_specs, present, calib, student_feed, ctx, splits.labels, cc)
+        subsets.append({"present": list(present), **sub.to_card()})
+        log(
+            f"calibration with {subset_name(present)}: T {sub.temperature:.3f}, coverage {sub.coverage:.3f} "
+            f"at error <= {sub.target:g}"
+        )
     summary = None
     if is_main:
         plots = [
@@ -249,9 +371,6 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
 
         # ---- export
         emit({"event": "phase", "phase": "export"})
-        c, h, w = splits.train.images.shape[1:]
-        n_ref = min(cfg.export.reference_samples, len(splits.test))
-        ref_images = norm(splits.test.images[:n_ref]).numpy()
         name = cfg.export.name or f"{cfg.data.dataset}-{sc.model}-{cfg.distill.method}"
         params = count_params(student)
         metrics = {
@@ -262,29 +381,47 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
         }
         if teacher_info:
             metrics["teacher_test_accuracy"] = teacher_info["test_accuracy"]
+        inputs = [
+            card_input(
+                spec.name,
+                (1, spec.channels, *spec.size),
+                COLORS[spec.channels],
+                norm.by_modality[spec.name].scale,
+                norm.by_modality[spec.name].mean,
+                norm.by_modality[spec.name].std,
+                spec.optional,
+            )
+            for spec in s_specs
+        ]
+        calibration = cal.to_card()
+        if subsets:
+            calibration["subsets"] = subsets
         card = build_card(
             name=name,
             labels=splits.labels,
-            shape=(1, c, h, w),
-            color=splits.color,
-            scale=norm.scale,
-            mean=norm.mean,
-            std=norm.std,
-            calibration=cal.to_card(),
+            inputs=inputs,
+            calibration=calibration,
             method=cfg.distill.method,
             teachers=[cfg.teacher.model] if teacher_info else [],
             dataset=cfg.data.dataset,
             metrics=metrics,
             command=command,
+            learned_token=learned_token,
         )
-        exp = export_student(student, card, ref_images, out, cfg.export.opset)
+        ref = reference_samples(student, s_specs, test, student_feed, ctx, cfg.export.reference_samples, learned_token)
+        exp = export_student(student, card, ref, out, cfg.export.opset)
         notes = list(cal.notes)
         if exp["max_abs_diff"] is None:
             notes.append("onnxruntime not installed: ONNX parity not checked in Python")
         summary = {
             "event": "summary",
             "teacher": teacher_info,
-            "student": {"model": sc.model, "params": params, "test_accuracy": res.test_accuracy},
+            "student": {
+                "model": sc.model,
+                "params": params,
+                "test_accuracy": res.test_accuracy,
+                "by_subset": s_subsets,
+            },
             "method": cfg.distill.method,
             "onnx": exp["onnx"],
             "onnx_bytes": exp["onnx_bytes"],
@@ -294,6 +431,11 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
             "target": cal.target,
             "coverage": cal.coverage if cal.error_among_accepted is not None else None,
             "error_among_accepted": cal.error_among_accepted,
+            "subsets": [
+                {k: sub[k] for k in ("present", "temperature")}
+                | {"coverage": sub["target"]["coverage_on_calibration_set"]}
+                for sub in subsets
+            ],
             "notes": notes,
             "reference_dir": str(out / "reference"),
             "images_per_s": res.images_per_s,

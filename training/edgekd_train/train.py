@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +33,12 @@ import torch
 import torch.nn as nn
 
 from .compiling import Compiler, choose, describe, is_compile_error
-from .data.tensors import Normalizer, TensorData, epoch_batches, steps_per_epoch
+from .data.feed import Feed
+from .data.multimodal import MultiTensorData, epoch_rows
+from .data.tensors import steps_per_epoch
 from .data.views import ViewMaker
 from .distillers import Distiller, StepFunctions
+from .models import inputs_of
 
 
 class Interrupted(Exception):
@@ -89,13 +92,17 @@ class FitResult:
     throughput: dict | None = None  # all epochs of this process: images/s, what was timed, how it ran
 
 
-def _prepare(x: torch.Tensor, ctx: Context) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if ctx.channels_last else x
-
-
 @torch.no_grad()
-def predict(model: nn.Module, data: TensorData, norm: Normalizer, ctx: Context, batch: int = 1000) -> torch.Tensor:
-    """fp32 logits (N, K) on the CPU, model in eval mode (restored afterwards).
+def predict(
+    model: nn.Module,
+    data: MultiTensorData,
+    feed: Feed,
+    ctx: Context,
+    batch: int = 1000,
+    missing: Collection[str] = (),
+) -> torch.Tensor:
+    """fp32 logits (N, K) on the CPU, model in eval mode (restored afterwards); the inputs in
+    ``missing`` are made missing in every sample (``Feed.eval_batch``).
 
     Never under autocast: these logits give the accuracy written on the card and the temperature
     and thresholds the box applies to the fp32 ONNX model's outputs, so they must be that
@@ -103,10 +110,12 @@ def predict(model: nn.Module, data: TensorData, norm: Normalizer, ctx: Context, 
     (cuDNN may still use TF32 for the convolutions on CUDA, 11 bits, left as it is.)"""
     was = model.training
     model.eval()
+    feed = feed.replace(channels_last=ctx.channels_last)
     out = []
+    rows = torch.arange(len(data), device=data.labels.device)
     for s in range(0, len(data), batch):
-        x = _prepare(norm(data.images[s : s + batch]), ctx)
-        out.append(model(x).float())
+        b = feed.eval_batch(data, rows[s : s + batch], missing)
+        out.append(model(*inputs_of(model, b)).float())
     model.train(was)
     return torch.cat(out).cpu()
 
@@ -192,8 +201,8 @@ def _restore(distiller: Distiller, opt, sched, st: dict) -> None:
 
 
 def _step_tools(
-    model: nn.Module, distiller: Distiller, norm: Normalizer, ctx: Context, compiler: Compiler
-) -> tuple[StepFunctions, ViewMaker]:
+    model: nn.Module, distiller: Distiller, feed: Feed, ctx: Context, compiler: Compiler
+) -> tuple[StepFunctions, Feed]:
     forward = compiler(model)
     targets = compiler.without_cudagraphs(distiller.targets)
 
@@ -205,27 +214,31 @@ def _step_tools(
         with torch.no_grad(), ctx.autocast():
             return targets(batch)
 
-    views = ViewMaker(
-        distiller.views,
-        norm,
-        ctx.device,
-        flip=ctx.augment_flip,
-        shift=ctx.augment_shift,
-        channels_last=ctx.channels_last,
-        n_ops=ctx.strong_ops,
-        cutout_frac=ctx.cutout,
-        compile_fn=compiler.without_cudagraphs if compiler.enabled else None,
-    )
-    return StepFunctions(run_forward, run_targets, ctx.world), views
+    feed = feed.replace(flip=ctx.augment_flip, shift=ctx.augment_shift, channels_last=ctx.channels_last)
+    if distiller.views != "single":
+        (norm,) = feed.normalizer.by_modality.values()  # views other than "single" take one image input
+        views = ViewMaker(
+            distiller.views,
+            norm,
+            ctx.device,
+            flip=ctx.augment_flip,
+            shift=ctx.augment_shift,
+            channels_last=ctx.channels_last,
+            n_ops=ctx.strong_ops,
+            cutout_frac=ctx.cutout,
+            compile_fn=compiler.without_cudagraphs if compiler.enabled else None,
+        )
+        feed = feed.replace(views=views)
+    return StepFunctions(run_forward, run_targets, ctx.world), feed
 
 
 def fit(
     phase: str,
     distiller: Distiller,
     sec,
-    train: TensorData,
-    test: TensorData,
-    norm: Normalizer,
+    train: MultiTensorData,
+    test: MultiTensorData,
+    feed: Feed,
     ctx: Context,
     ckpt_path: Path,
     resume: bool,
@@ -283,7 +296,7 @@ def fit(
     else:
         ctx.emit({"event": "phase", "phase": phase, "skipped": f"loaded from {ckpt_path}"})
     snapshot = _state(distiller, opt, sched, start, phase, {"done": start >= epochs})
-    fns, views = _step_tools(model, distiller, norm, ctx, compiler)
+    fns, batches = _step_tools(model, distiller, feed, ctx, compiler)
     first_compiled_step = compiler.enabled
     every = max(1, steps // ctx.log_steps)
     diag_every = distiller.diagnostics_every if ctx.is_main else 0
@@ -305,8 +318,8 @@ def fit(
                 torch.cuda.synchronize()
             t_epoch = t0 = time.perf_counter()
             timed_from = 0
-            for s, (xb, yb) in enumerate(
-                epoch_batches(train, sec.batch_size, ctx.seed, epoch, ctx.rank, ctx.world, drop_last=drop_last)
+            for s, index in enumerate(
+                epoch_rows(train, sec.batch_size, ctx.seed, epoch, ctx.rank, ctx.world, drop_last=drop_last)
             ):
                 if s == warmup and warmup > 0:
                     if ctx.cuda:
@@ -314,7 +327,7 @@ def fit(
                     t0, timed_from = time.perf_counter(), seen
                 compiler.mark_step()
                 try:
-                    batch = {**views(xb, gen), "label": yb}
+                    batch = batches.train_batch(train, index, gen)
                     if diag_every and global_step % diag_every == 0:
                         with ctx.autocast():
                             diagnostics.append((global_step + 1, distiller.diagnose(batch)))
@@ -330,7 +343,7 @@ def fit(
                     # Undo whatever the failed step touched and carry on eagerly from the same batch.
                     _restore(distiller, opt, sched, snapshot)
                     compiler = Compiler("off")
-                    fns, views = _step_tools(model, distiller, norm, ctx, compiler)
+                    fns, batches = _step_tools(model, distiller, feed, ctx, compiler)
                     ctx.emit(
                         {
                             "event": "compile",
@@ -340,11 +353,12 @@ def fit(
                             "reason": f"compile failed, running eagerly: {describe(e)}",
                         }
                     )
-                    batch = {**views(xb, gen), "label": yb}
+                    batch = batches.train_batch(train, index, gen)
                     loss, logits = distiller.step(fns, batch, opt)
                 first_compiled_step = False
                 sched.step()
                 global_step += 1
+                yb = batch["label"]
                 loss_sum += loss * yb.shape[0]
                 correct += (logits.argmax(1) == yb).sum()
                 seen += yb.shape[0]
@@ -391,7 +405,7 @@ def fit(
                 "device": ctx.device.type,
                 "world_size": ctx.world,
             }
-            test_acc = accuracy(predict(distiller.student, test, norm, ctx), test.labels)
+            test_acc = accuracy(predict(distiller.student, test, feed, ctx), test.labels)
             done = epoch + 1
             snapshot = _state(
                 distiller,
@@ -437,7 +451,7 @@ def fit(
     if start >= epochs:
         # Finished before (resume): report the stored last-epoch numbers.
         st = load_checkpoint(ckpt_path)
-        test_acc = st.get("test_accuracy", accuracy(predict(distiller.student, test, norm, ctx), test.labels))
+        test_acc = st.get("test_accuracy", accuracy(predict(distiller.student, test, feed, ctx), test.labels))
         ips = st.get("images_per_s", 0.0)
         throughput = st.get("throughput")
     distiller.eval()

@@ -43,15 +43,18 @@ def rows_for(run: Path, confidences: list[float], data_path: str | None, per_cla
 
     overrides = [f'data.path="{data_path}"'] if data_path else []
     cfg = load_config(run / "config.resolved.toml", overrides, warn=lambda _m: None)
-    splits = load_splits(cfg.data)
+    splits = load_splits(cfg.data, cfg.inputs)
     card = read_card(run / "student.onnx")
+    if len(card["inputs"]) != 1:
+        raise SystemExit(f"{run}: evaluate.py handles one-input students; this one has {len(card['inputs'])}")
     inp = card["inputs"][0]
+    image = inp["name"]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(run / "student.onnx"), opts, providers=["CPUExecutionProvider"])
     args = (inp["mean"], inp["std"], inp["scale"])
-    cal_logits = logits_of(sess, splits.calibration.images.numpy(), *args).astype(np.float64)
-    test_logits = logits_of(sess, splits.test.images.numpy(), *args).astype(np.float64)
+    cal_logits = logits_of(sess, splits.calibration.images[image].numpy(), *args).astype(np.float64)
+    test_logits = logits_of(sess, splits.test.images[image].numpy(), *args).astype(np.float64)
     cal_y, test_y = splits.calibration.labels.numpy(), splits.test.labels.numpy()
     names = card["labels"]
     target = cfg.calibration.max_error_among_accepted

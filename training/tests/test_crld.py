@@ -179,7 +179,7 @@ def test_crld_export_holds_the_student_only(tmp_path, learnable_batch, confident
     d = _crld(confident_teacher())
     d.train()
     d.losses(learnable_batch())  # move the BN statistics
-    export_onnx(d.student, (1, 1, 28, 28), tmp_path / "s.onnx")
+    export_onnx(d.student, {"image": (1, 1, 28, 28)}, tmp_path / "s.onnx")
     m = onnx.load(str(tmp_path / "s.onnx"))
     n_init = sum(numpy_helper.to_array(t).size for t in m.graph.initializer)
     n_student = count_params(d.student)

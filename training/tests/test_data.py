@@ -37,12 +37,14 @@ def test_synthetic_idx_shapes_and_splits(synth):
     x, y = load_split("train", root)
     assert x.shape == (50, 28, 28) and x.dtype == np.uint8 and list(y[:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     s = load_splits(DataConfig(path=str(root), calibration_split=10, limit_test=5))
-    assert s.train.images.shape == (40, 1, 28, 28)
-    assert s.calibration.images.shape == (10, 1, 28, 28)
+    # One input, "image", always present: the one-input case of the multimodal sample type.
+    assert list(s.train.images) == ["image"] and [sp.name for sp in s.specs] == ["image"]
+    assert s.train.images["image"].shape == (40, 1, 28, 28) and bool(s.train.present["image"].all())
+    assert s.calibration.images["image"].shape == (10, 1, 28, 28)
     # calibration = the END of the training set
-    assert torch.equal(s.calibration.images[:, 0], torch.from_numpy(tr[40:]))
+    assert torch.equal(s.calibration.images["image"][:, 0], torch.from_numpy(tr[40:]))
     assert s.test.labels.tolist() == [0, 1, 2, 3, 4]
-    assert len(s.labels) == 10 and s.normalizer.scale == pytest.approx(1 / 255)
+    assert len(s.labels) == 10 and s.normalizer.by_modality["image"].scale == pytest.approx(1 / 255)
 
 
 def test_missing_data_is_a_data_error(tmp_path):

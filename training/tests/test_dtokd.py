@@ -184,7 +184,7 @@ def test_export_leaves_the_projector_and_weights_out(tmp_path, learnable_batch, 
     d = _dtokd(confident_teacher())
     d.train()
     d.step(_fns(d), learnable_batch(), torch.optim.Adam(d.parameters_to_train(), lr=1e-3))
-    export_onnx(d.student, (1, 1, 28, 28), tmp_path / "s.onnx")
+    export_onnx(d.student, {"image": (1, 1, 28, 28)}, tmp_path / "s.onnx")
     m = onnx.load(str(tmp_path / "s.onnx"))
     inits = [numpy_helper.to_array(t) for t in m.graph.initializer]
     n_init, n_student = sum(a.size for a in inits), count_params(d.student)

@@ -8,7 +8,7 @@ from onnx import numpy_helper
 
 from edgekd_train.card import read_card
 from edgekd_train.distillers import KDDistiller
-from edgekd_train.export import build_card, export_student, parity_tolerance
+from edgekd_train.export import build_card, card_input, export_student, parity_tolerance
 from edgekd_train.models import count_params, create_model
 
 
@@ -29,11 +29,7 @@ def test_export_parity_and_student_only(tmp_path):
     card = build_card(
         name="t",
         labels=labels,
-        shape=(1, 1, 28, 28),
-        color="gray",
-        scale=1 / 255,
-        mean=[0.286],
-        std=[0.353],
+        inputs=[card_input("image", (1, 1, 28, 28), "gray", 1 / 255, [0.286], [0.353])],
         calibration=cal,
         method="kd",
         teachers=["wrn16-1"],
@@ -42,7 +38,7 @@ def test_export_parity_and_student_only(tmp_path):
         command="pytest",
     )
     imgs = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
-    res = export_student(d.student, card, imgs, tmp_path)
+    res = export_student(d.student, card, [{"image": x[None]} for x in imgs], tmp_path)
     assert res["max_abs_diff"] is not None and res["max_abs_diff"] <= parity_tolerance()
     for k in range(8):
         x = np.load(tmp_path / "reference" / f"input_{k}.npy")
@@ -67,8 +63,8 @@ def test_the_exporters_parity_check_follows_the_shared_tolerance_file(tmp_path, 
 
     torch.manual_seed(0)
     student = create_model("cnn-18k", 10, 1).eval()
-    export_onnx(student, (1, 1, 28, 28), tmp_path / "s.onnx")
-    pairs = reference_tensors(student, np.zeros((1, 1, 28, 28), np.float32), tmp_path / "ref")
+    export_onnx(student, {"image": (1, 1, 28, 28)}, tmp_path / "s.onnx")
+    pairs = reference_tensors(student, [{"image": np.zeros((1, 1, 28, 28), np.float32)}], tmp_path / "ref")
     # References off by 5e-5: inside docs/parity.toml's 1e-4, outside a file that says 1e-5.
     shifted = [(x, y + np.float32(5e-5)) for x, y in pairs]
     assert verify_onnxruntime(tmp_path / "s.onnx", shifted) <= parity_tolerance()

@@ -11,18 +11,23 @@ import torch.nn as nn
 
 from edgekd_train import compiling
 from edgekd_train.config import ConfigError, StudentConfig, load_config
-from edgekd_train.data.tensors import Normalizer, TensorData
+from edgekd_train.data.feed import Feed
+from edgekd_train.data.multimodal import MultiNormalizer, MultiTensorData
+from edgekd_train.data.tensors import Normalizer
 from edgekd_train.distillers import create_distiller
 from edgekd_train.models import create_model
 from edgekd_train.train import Context, effective_lr, fit
 
 NORM = Normalizer((0.5,), (0.3,))
+FEED = Feed(MultiNormalizer({"image": NORM}))
 SEC = StudentConfig(model="cnn-18k", epochs=1, lr=3e-3, batch_size=16, schedule="constant")
 
 
 def _data(n, seed):
     g = torch.Generator().manual_seed(seed)
-    return TensorData(torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8), torch.arange(n) % 10)
+    return MultiTensorData.one_input(
+        torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8), torch.arange(n) % 10
+    )
 
 
 def _dtokd():
@@ -52,7 +57,7 @@ def _fit(tmp_path: Path, distiller, compile="off", backend="inductor"):
         compile_backend=backend,
         timing_warmup_steps=10,
     )
-    res = fit("student", distiller, SEC, _data(64, 0), _data(20, 1), NORM, ctx, tmp_path / "student.pt", False)
+    res = fit("student", distiller, SEC, _data(64, 0), _data(20, 1), FEED, ctx, tmp_path / "student.pt", False)
     return res, events
 
 

@@ -14,13 +14,16 @@ import pytest
 import torch
 
 from edgekd_train.config import StudentConfig
-from edgekd_train.data.tensors import Normalizer, TensorData
+from edgekd_train.data.feed import Feed
+from edgekd_train.data.multimodal import MultiNormalizer, MultiTensorData
+from edgekd_train.data.tensors import Normalizer
 from edgekd_train.distillers import create_distiller
 from edgekd_train.export import export_onnx, parity_tolerance, reference_tensors, verify_onnxruntime
 from edgekd_train.models import create_model
 from edgekd_train.train import Context, fit, predict
 
 NORM = Normalizer((0.5,), (0.3,))
+FEED = Feed(MultiNormalizer({"image": NORM}))
 SEC = StudentConfig(model="cnn-18k", epochs=1, lr=3e-3, batch_size=16, schedule="constant")
 
 METHODS = {
@@ -40,7 +43,7 @@ def _data(n, seed):
     images = torch.randint(0, 120, (n, 1, 28, 28), generator=g, dtype=torch.uint8)
     for i, c in enumerate(labels.tolist()):
         images[i, 0, 2 * c + 4 : 2 * c + 7] += 120
-    return TensorData(images, labels)
+    return MultiTensorData.one_input(images, labels)
 
 
 def _ctx(tmp_path: Path, events: list, amp: bool = True) -> Context:
@@ -70,7 +73,7 @@ def _train(tmp_path: Path, name: str, amp: bool):
     start = {k: v.clone() for k, v in student.state_dict().items()}
     events: list[dict] = []
     ctx = _ctx(tmp_path, events, amp)
-    res = fit("student", distiller, SEC, _data(96, 0), _data(20, 1), NORM, ctx, tmp_path / "student.pt", False)
+    res = fit("student", distiller, SEC, _data(96, 0), _data(20, 1), FEED, ctx, tmp_path / "student.pt", False)
     update = torch.cat(
         [
             (v - start[k]).flatten()
@@ -93,8 +96,8 @@ def test_every_method_trains_under_bf16_autocast_and_channels_last(tmp_path, nam
     conv = next(m for m in distiller.student.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     # Evaluation and calibration see the fp32 model that is exported, not its bf16 forward.
-    logits = predict(distiller.student, _data(20, 1), NORM, ctx)
-    fp32 = predict(distiller.student, _data(20, 1), NORM, _ctx(tmp_path, [], amp=False))
+    logits = predict(distiller.student, _data(20, 1), FEED, ctx)
+    fp32 = predict(distiller.student, _data(20, 1), FEED, _ctx(tmp_path, [], amp=False))
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
     assert torch.allclose(logits, fp32, atol=1e-5), float((logits - fp32).abs().max())
     if METHODS[name][0] in ("crld", "dtokd"):
@@ -114,9 +117,9 @@ def test_a_bf16_trained_student_exports_fp32_and_matches_onnxruntime(tmp_path):
     pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     distiller = create_distiller("kd", create_model("cnn-18k", 10, 1), create_model("wrn16-1", 10, 1).eval())
-    fit("student", distiller, SEC, _data(64, 0), _data(20, 1), NORM, _ctx(tmp_path, []), tmp_path / "s.pt", False)
+    fit("student", distiller, SEC, _data(64, 0), _data(20, 1), FEED, _ctx(tmp_path, []), tmp_path / "s.pt", False)
     path = tmp_path / "student.onnx"
-    export_onnx(distiller.student, (1, 1, 28, 28), path)
+    export_onnx(distiller.student, {"image": (1, 1, 28, 28)}, path)
     images = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
-    pairs = reference_tensors(distiller.student, images, tmp_path / "reference")
+    pairs = reference_tensors(distiller.student, [{"image": x[None]} for x in images], tmp_path / "reference")
     assert verify_onnxruntime(path, pairs) <= parity_tolerance()

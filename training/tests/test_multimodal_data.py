@@ -8,13 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
+from edgekd_train.data.feed import Feed
 from edgekd_train.data.inspection import CLASSES, write_set
 from edgekd_train.data.manifest import ManifestError, write_manifest
 from edgekd_train.data.multimodal import (
     ModalitySpec,
     MultiNormalizer,
     augment_aligned,
-    epoch_batches_multi,
+    epoch_rows,
     load_manifest_data,
     make_batch,
     modality_dropout,
@@ -130,12 +131,9 @@ def test_batches_follow_the_contract(inspection):
     _blank_height(inspection, {1, 2})
     data = load_manifest_data(inspection, [RGB, HEIGHT], list(CLASSES))
     norm = MultiNormalizer.from_stats(modality_stats(data))
-    batches = list(
-        epoch_batches_multi(
-            data, 8, seed=0, epoch=0, normalizer=norm, optional=["height"], gen=torch.Generator().manual_seed(0),
-            flip=True, shift=2, dropout_p=0.3,
-        )
-    )  # fmt: skip
+    feed = Feed(norm, ("height",), dropout_p=0.3, flip=True, shift=2)
+    gen = torch.Generator().manual_seed(0)
+    batches = [feed.train_batch(data, index, gen) for index in epoch_rows(data, 8, seed=0, epoch=0)]
     assert [len(b["label"]) for b in batches] == [8, 8, 4]
     for b in batches:
         assert set(b) == {"rgb", "height", "height_present", "label", "index"}
@@ -147,6 +145,18 @@ def test_batches_follow_the_contract(inspection):
         assert not bool(b["height"][missing].any()) and bool(b["height"][~missing].any(dim=(1, 2, 3)).all())
         assert not bool((b["height_present"].bool() & ~data.present["height"][b["index"]]).any())
     assert sorted(torch.cat([b["index"] for b in batches]).tolist()) == list(range(N))
+
+
+def test_an_evaluation_batch_makes_the_chosen_inputs_missing(inspection):
+    _blank_height(inspection, {1})
+    data = load_manifest_data(inspection, [RGB, HEIGHT], list(CLASSES))
+    feed = Feed(MultiNormalizer.from_stats(modality_stats(data)), ("height",))
+    index = torch.tensor([0, 1, 2])
+    as_is = feed.eval_batch(data, index)
+    assert as_is["height_present"].tolist() == [1.0, 0.0, 1.0]
+    without = feed.eval_batch(data, index, missing=["height"])
+    assert without["height_present"].tolist() == [0.0, 0.0, 0.0] and not bool(without["height"].any())
+    assert torch.equal(without["rgb"], as_is["rgb"])
 
 
 def test_without_augmentation_a_batch_is_the_normalised_data(inspection):

@@ -51,8 +51,21 @@ class MultiTensorData:
     present: dict[str, torch.Tensor]  # bool (N,)
     labels: torch.Tensor  # int64 (N,)
 
+    @classmethod
+    def one_input(cls, images: torch.Tensor, labels: torch.Tensor, name: str = "image") -> MultiTensorData:
+        """Data of one always-present input (Fashion-MNIST, an image folder)."""
+        return cls({name: images}, {name: torch.ones(len(labels), dtype=torch.bool, device=labels.device)}, labels)
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def select(self, rows) -> MultiTensorData:
+        """The samples at ``rows`` (a slice or an index tensor)."""
+        return MultiTensorData(
+            {k: v[rows] for k, v in self.images.items()},
+            {k: v[rows] for k, v in self.present.items()},
+            self.labels[rows],
+        )
 
     def to(self, device) -> MultiTensorData:
         return MultiTensorData(
@@ -234,36 +247,18 @@ def make_batch(
     return batch
 
 
-def epoch_batches_multi(
+def epoch_rows(
     data: MultiTensorData,
     batch_size: int,
     seed: int,
     epoch: int,
-    normalizer: MultiNormalizer,
-    optional: list[str],
-    gen: torch.Generator | None = None,
-    flip: bool = False,
-    shift: int = 0,
-    dropout_p: float = 0.0,
     rank: int = 0,
     world: int = 1,
     drop_last: bool = False,
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Shuffled batches in the contract's form for one epoch, in ``tensors.epoch_batches``' order."""
-    device = data.labels.device
+) -> Iterator[torch.Tensor]:
+    """The row numbers of each shuffled batch of one epoch, in ``tensors.epoch_batches``' order."""
     # The row numbers stand in for the images, so the permutation and DDP sharding are
     # epoch_batches' own rather than a second copy of them.
-    rows = TensorData(torch.arange(len(data), device=device), data.labels)
-    for index, labels in epoch_batches(rows, batch_size, seed, epoch, rank, world, drop_last):
-        yield make_batch(
-            {k: v[index] for k, v in data.images.items()},
-            {k: v[index] for k, v in data.present.items()},
-            labels,
-            index,
-            normalizer,
-            gen,
-            flip,
-            shift,
-            dropout_p,
-            optional,
-        )
+    rows = TensorData(torch.arange(len(data), device=data.labels.device), data.labels)
+    for index, _ in epoch_batches(rows, batch_size, seed, epoch, rank, world, drop_last):
+        yield index

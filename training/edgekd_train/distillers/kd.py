@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models import inputs_of
 from .base import Batch, Distiller
 
 
@@ -31,9 +32,9 @@ class KDDistiller(Distiller):
         self.alpha = float(alpha)
 
     def forward(self, batch: Batch):
-        x = batch["image"]
-        zt = self.teacher_logits(x)
-        zs = self.student(x).float()
+        with torch.no_grad():
+            zt = self.teacher(*inputs_of(self.teacher, batch)).float()
+        zs = self.student(*inputs_of(self.student, batch)).float()
         ce = F.cross_entropy(zs, batch["label"])
         kd = kd_loss(zs, zt, self.T)
         return {"ce": ce, "kd": kd, "total": (1.0 - self.alpha) * ce + self.alpha * kd}, zs

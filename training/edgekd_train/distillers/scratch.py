@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from ..models import inputs_of
 from .base import Batch, Distiller
 
 
@@ -15,6 +16,6 @@ class ScratchDistiller(Distiller):
         super().__init__(student, None)  # never holds a teacher: nothing to freeze or carry
 
     def forward(self, batch: Batch):
-        logits = self.student(batch["image"]).float()
+        logits = self.student(*inputs_of(self.student, batch)).float()
         ce = F.cross_entropy(logits, batch["label"])
         return {"ce": ce, "total": ce}, logits

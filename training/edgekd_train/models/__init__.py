@@ -11,7 +11,8 @@ Besides registered names, two prefixes reach external teachers (see ``external.p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -46,23 +47,58 @@ def check_model_name(name: str) -> str | None:
 
 
 def create_model(
-    name: str, num_classes: int, in_chans: int, weights: str | None = None, new_head: bool = False
+    name: str,
+    num_classes: int,
+    in_chans: int,
+    weights: str | None = None,
+    new_head: bool = False,
+    inputs: Sequence[tuple[str, int, bool]] | None = None,
+    image_size: int | None = None,
 ) -> nn.Module:
     """Build model ``name``; ``weights`` (a state_dict file) is loaded when given. ``new_head``
-    lets a timm model start from a backbone trained on other classes or channels."""
+    lets a timm model start from a backbone trained on other classes or channels.
+
+    ``inputs`` (``(name, channels, optional)`` per card input) builds the model for those inputs:
+    a multimodal model gets a stream each (and presence inputs where it takes them); a model of
+    one image gets the one input's channels and is told its name (``input_names``), so
+    ``inputs_of`` feeds it from the batch."""
     from . import external
 
+    if inputs is not None and not _takes_inputs(name):
+        if len(inputs) != 1:
+            raise ValueError(f"{name} takes one image, not the {len(inputs)} inputs {[i[0] for i in inputs]}")
+        (input_name, in_chans, optional) = inputs[0]
+        if optional:
+            raise ValueError(f"{name} cannot run without its one input {input_name!r} (expected it required)")
     if name.startswith("torchscript:"):
-        return external.load_torchscript(name.split(":", 1)[1])
-    if name.startswith("timm:"):
-        return external.create_timm(name.split(":", 1)[1], num_classes, in_chans, weights, new_head)
-    why = check_model_name(name)
-    if why:
-        raise ValueError(why)
-    model = _REGISTRY[name](num_classes=num_classes, in_chans=in_chans)
-    if weights:
-        external.load_state(model, weights)
+        model = external.load_torchscript(name.split(":", 1)[1])
+    elif name.startswith("timm:"):
+        model = external.create_timm(name.split(":", 1)[1], num_classes, in_chans, weights, new_head)
+    else:
+        why = check_model_name(name)
+        if why:
+            raise ValueError(why)
+        kwargs = {"inputs": inputs} if inputs is not None and _takes_inputs(name) else {}
+        if image_size is not None and _takes_inputs(name):
+            kwargs["image_size"] = image_size
+        model = _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+        if weights:
+            external.load_state(model, weights)
+    if inputs is not None and not hasattr(model, "input_names"):
+        model.input_names = (inputs[0][0],)
     return model
+
+
+def _takes_inputs(name: str) -> bool:
+    """Whether registered model ``name`` is built per card input (the multimodal ones)."""
+    builder = _REGISTRY.get(name)
+    return builder is not None and "inputs" in inspect.signature(builder).parameters
+
+
+def attention_models() -> list[str]:
+    """The registered models that return attention maps (``forward_attention``), which EDAM needs:
+    the multimodal transformers, the ones built per card input."""
+    return [name for name in list_models() if _takes_inputs(name)]
 
 
 def has_features(model: nn.Module) -> bool:
@@ -79,10 +115,15 @@ def feature_dim(model: nn.Module) -> int:
     return model.num_features
 
 
+def input_names(model: nn.Module) -> tuple[str, ...]:
+    """The batch keys ``model`` takes, in its positional order: ``input_names`` where the model
+    (or ``create_model``) names them, else the one "image"."""
+    return tuple(getattr(model, "input_names", ("image",)))
+
+
 def inputs_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """The batch tensors ``model`` takes, in its positional order (multimodal models name theirs
-    in ``input_names``; every other model takes the batch's "image")."""
-    return tuple(batch[n] for n in getattr(model, "input_names", ("image",)))
+    """The batch tensors ``model`` takes, in its positional order (:func:`input_names`)."""
+    return tuple(batch[n] for n in input_names(model))
 
 
 def features_and_logits(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]):

@@ -166,45 +166,47 @@ class MultimodalViT(nn.Module):
         return self.forward_all(*inputs)[1]
 
 
-def _modalities(in_chans: int, modalities: Sequence[tuple[str, int]] | None) -> list[tuple[str, int]]:
-    # in_chans (the config's [data] channels) is the camera stream's; the height map is 1 channel.
-    return [tuple(m) for m in modalities] if modalities is not None else [("rgb", in_chans), ("height", 1)]
+Inputs = Sequence[tuple[str, int, bool]]  # (name, channels, optional), as the card lists them
+
+
+def _layout(in_chans: int, inputs: Inputs | None) -> tuple[list[tuple[str, int]], list[str]]:
+    """(modalities, optional names) from the card's inputs; without them, the inspection set's
+    rgb + height (in_chans is the camera stream's, the height map is 1 channel; height optional
+    where a model takes presence inputs)."""
+    if inputs is None:
+        inputs = [("rgb", in_chans, False), ("height", 1, True)]
+    return [(name, channels) for name, channels, _ in inputs], [name for name, _, opt in inputs if opt]
 
 
 @register_model("mm-vit-teacher")
 def mm_vit_teacher(
-    num_classes: int = 10,
-    in_chans: int = 3,
-    modalities: Sequence[tuple[str, int]] | None = None,
-    image_size: int = 32,
-    patch: int = 4,
+    num_classes: int = 10, in_chans: int = 3, inputs: Inputs | None = None, image_size: int = 32, patch: int = 4
 ) -> nn.Module:
     """rgb + height cross-attention teacher, dim 64, 2 layers, 4 heads (282,250 params at
-    3+1 channels, 32x32, 10 classes)."""
-    return MultimodalViT(_modalities(in_chans, modalities), num_classes, image_size, patch, dim=64, depth=2, heads=4)
+    3+1 channels, 32x32, 10 classes). It takes no presence inputs: a missing modality reaches it
+    as the zeros the data path fills in."""
+    modalities, _ = _layout(in_chans, inputs)
+    return MultimodalViT(modalities, num_classes, image_size, patch, dim=64, depth=2, heads=4)
 
 
 @register_model("vit-rgb-student")
 def vit_rgb_student(
-    num_classes: int = 10, in_chans: int = 3, modality: str = "rgb", image_size: int = 32, patch: int = 4
+    num_classes: int = 10, in_chans: int = 3, inputs: Inputs | None = None, image_size: int = 32, patch: int = 4
 ) -> nn.Module:
     """Camera-only student: one self-attention stream, dim 48, 2 layers, 4 heads, so its maps line
     up with the teacher's per layer (43,930 params at 3 channels, 32x32, 10 classes:
     6.4x fewer than the teacher)."""
-    return MultimodalViT([(modality, in_chans)], num_classes, image_size, patch, dim=48, depth=2, heads=4)
+    modalities, optional = _layout(in_chans, inputs if inputs is not None else [("rgb", in_chans, False)])
+    if len(modalities) != 1 or optional:
+        raise ValueError(f"vit-rgb-student sees one required input, not {[m for m, _ in modalities]}")
+    return MultimodalViT(modalities, num_classes, image_size, patch, dim=48, depth=2, heads=4)
 
 
 @register_model("mm-vit-missing-student")
 def mm_vit_missing_student(
-    num_classes: int = 10,
-    in_chans: int = 3,
-    modalities: Sequence[tuple[str, int]] | None = None,
-    image_size: int = 32,
-    patch: int = 4,
-    optional: Sequence[str] = ("height",),
+    num_classes: int = 10, in_chans: int = 3, inputs: Inputs | None = None, image_size: int = 32, patch: int = 4
 ) -> nn.Module:
-    """The teacher's layout at dim 32, 1 layer, 2 heads; ``optional`` modalities take a presence
+    """The teacher's layout at dim 32, 1 layer, 2 heads; each optional input takes a presence
     input (41,322 params at 3+1 channels, 32x32, 10 classes)."""
-    return MultimodalViT(
-        _modalities(in_chans, modalities), num_classes, image_size, patch, dim=32, depth=1, heads=2, optional=optional
-    )
+    modalities, optional = _layout(in_chans, inputs)
+    return MultimodalViT(modalities, num_classes, image_size, patch, dim=32, depth=1, heads=2, optional=optional)
