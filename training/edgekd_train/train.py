@@ -310,6 +310,7 @@ def fit(
             model.train()
             gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed * 7919 + epoch * 31 + ctx.rank)
             loss_sum = torch.zeros((), device=ctx.device)
+            term_sums: dict[str, torch.Tensor] = {}  # each named loss, summed over the epoch's samples
             correct = torch.zeros((), device=ctx.device, dtype=torch.long)
             seen = 0
             warmup = min(ctx.timing_warmup_steps, steps // 2) if epoch == start else 0
@@ -331,7 +332,7 @@ def fit(
                     if diag_every and global_step % diag_every == 0:
                         with ctx.autocast():
                             diagnostics.append((global_step + 1, distiller.diagnose(batch)))
-                    loss, logits = distiller.step(fns, batch, opt)
+                    losses, logits = distiller.step(fns, batch, opt)
                 except Exception as e:
                     if not (first_compiled_step and is_compile_error(e)):
                         raise
@@ -354,11 +355,14 @@ def fit(
                         }
                     )
                     batch = batches.train_batch(train, index, gen)
-                    loss, logits = distiller.step(fns, batch, opt)
+                    losses, logits = distiller.step(fns, batch, opt)
                 first_compiled_step = False
                 sched.step()
                 global_step += 1
                 yb = batch["label"]
+                loss = losses["total"]
+                for k, v in losses.items():
+                    term_sums[k] = term_sums.get(k, 0.0) + v.float() * yb.shape[0]
                 loss_sum += loss * yb.shape[0]
                 correct += (logits.argmax(1) == yb).sum()
                 seen += yb.shape[0]
@@ -372,17 +376,22 @@ def fit(
                             "step": s + 1,
                             "steps": steps,
                             "loss": float(loss),
+                            "losses": {k: float(v) for k, v in losses.items() if k != "total"},
                         }
                     )
+            names = sorted(term_sums)
             if ctx.world > 1:
                 stats = torch.stack(
                     [loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=ctx.device)]
+                    + [term_sums[k].to(loss_sum.dtype) for k in names]
                 )
                 torch.distributed.all_reduce(stats)
                 loss_sum, correct, seen_all = stats[0], stats[1], float(stats[2])
+                term_sums = dict(zip(names, stats[3:], strict=True))
             else:
                 seen_all = float(seen)
             train_loss, train_acc = float(loss_sum) / seen_all, float(correct) / seen_all  # one sync per epoch
+            train_losses = {k: float(term_sums[k]) / seen_all for k in names if k != "total"}
             if ctx.cuda:
                 torch.cuda.synchronize()
             t_end = time.perf_counter()
@@ -433,6 +442,7 @@ def fit(
                         "epoch": done,
                         "of": epochs,
                         "loss": train_loss,
+                        "losses": train_losses,
                         "train_accuracy": train_acc,
                         "test_accuracy": test_acc,
                         "images_per_s": ips,

@@ -157,7 +157,8 @@ def test_crld_losses_are_finite_and_fall(learnable_batch, confident_teacher):
     assert before["within_view"].item() > 0 and before["cross_view"].item() > 0  # the masks let some through
     d.train()
     for _ in range(15):
-        loss, logits = d.step(fns, b, opt)
+        losses, logits = d.step(fns, b, opt)
+        loss = losses["total"]
         assert torch.isfinite(loss) and logits.shape == (32, 10)
     d.eval()
     after = d.losses(b)

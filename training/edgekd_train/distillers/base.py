@@ -7,7 +7,8 @@ A Distiller owns the student, an optional frozen teacher and any training-only m
   Being ``forward`` lets DDP wrap the whole distiller (teacher params need no grad, so DDP
   ignores them) and torch.compile trace it.
 * ``losses(batch)`` -> the dict alone.
-* ``step(fns, batch, opt)`` -> one optimisation step. The default is backward on "total" and
+* ``step(fns, batch, opt)`` -> one optimisation step, returning the named losses (they reach the
+  step and epoch events) and the logits. The default is backward on "total" and
   ``opt.step()``; a method whose update is not "minimise one scalar" (DTO-KD's gradient
   balancing) overrides it. ``fns`` carries the loop's DDP-wrapped, maybe compiled, autocast
   forward, so an override keeps DDP and the fast path.
@@ -64,6 +65,11 @@ def running_stats_frozen(module: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def detached(losses: Losses) -> Losses:
+    # Clones: with CUDA graphs a compiled call may reuse the memory of an earlier call's outputs.
+    return {k: v.detach().clone() for k, v in losses.items()}
+
+
 class Distiller(nn.Module, abc.ABC):
     needs: ClassVar[frozenset[str]] = frozenset()
     needs_teacher: ClassVar[bool] = False
@@ -112,13 +118,13 @@ class Distiller(nn.Module, abc.ABC):
     def losses(self, batch: Batch) -> Losses:
         return self.forward(batch)[0]
 
-    def step(self, fns: StepFunctions, batch: Batch, opt: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
-        """One update; returns the detached "total" loss and student logits of the batch."""
+    def step(self, fns: StepFunctions, batch: Batch, opt: torch.optim.Optimizer) -> tuple[Losses, torch.Tensor]:
+        """One update; returns the batch's named losses (with "total") and student logits, detached."""
         losses, logits = fns.forward(batch)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         opt.step()
-        return losses["total"].detach(), logits.detach()
+        return detached(losses), logits.detach()
 
     def diagnose(self, batch: Batch) -> dict[str, torch.Tensor]:
         return {}

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrizations
 
 from ..models import feature_dim, features_and_logits
-from .base import Batch, Distiller, StepFunctions, running_stats_frozen
+from .base import Batch, Distiller, StepFunctions, detached, running_stats_frozen
 from .crld import consistency_losses, mask_rates
 from .kd import kd_loss
 
@@ -250,12 +250,12 @@ class DTOKDDistiller(Distiller):
         (self.weights.famo_weights(seen) * now).sum().backward()
         self._clip()
         opt.step()
-        total, logits = losses["total"].detach().clone(), logits.detach().clone()
+        named, logits = detached(losses), logits.detach().clone()
         with torch.no_grad(), running_stats_frozen(self.student):
             after, _ = fns.forward(b)
             after = _mean_over_ranks(self._stack(after).detach().clone(), fns.world)
         self.weights.famo_update(seen, after)
-        return total, logits
+        return named, logits
 
     def _exact_step(self, fns: StepFunctions, b: Batch, opt: torch.optim.Optimizer):
         losses, logits = fns.forward(b)
@@ -276,7 +276,7 @@ class DTOKDDistiller(Distiller):
         self._clip()
         opt.step()
         self.weights.pi.copy_(torch.stack([pi1, pi2]))
-        return losses["total"].detach(), logits.detach()
+        return detached(losses), logits.detach()
 
     # ---- diagnostics (section 3.2)
 
