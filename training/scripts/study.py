@@ -2,6 +2,8 @@
 
     python training/scripts/study.py run --out runs/study --epochs 20 100 --seeds 0 1 2
     python training/scripts/study.py report runs/study
+    python training/scripts/study.py run --study inspection --out runs/inspection --epochs 40 \
+        --set data.path=data/inspection/train/manifest.csv --set data.test_path=data/inspection/test/manifest.csv
 
 `run` trains the teacher once (in the first KD run) and hands its weights to every other run,
 so all students learn from the same teacher; `--teacher-weights` reuses one trained before.
@@ -32,14 +34,30 @@ from pathlib import Path
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 INTERRUPTED = 130  # edge-kd distill's exit code after Ctrl-C / SIGINT
 
-# Method name in the table -> (base config, extra --set overrides).
-METHODS: dict[str, tuple[str, list[str]]] = {
+# Method name in the table -> (base config, extra --set overrides), per study.
+FASHION: dict[str, tuple[str, list[str]]] = {
     "scratch": ("fashion-scratch.toml", []),
     "kd": ("fashion-kd.toml", []),
     "crld": ("fashion-crld.toml", []),
     "dtokd": ("fashion-dtokd.toml", []),
     "dtokd+crld": ("fashion-dtokd.toml", ["distill.views=crld"]),
 }
+# The synthetic inspection set (issue 14): the camera-only student by every method, and the
+# missing-modality student; the base config follows the student (INSPECTION_CONFIGS).
+INSPECTION: dict[str, tuple[str, list[str]]] = {
+    m: ("", [f"distill.method={m}"]) for m in ("scratch", "kd", "edam", "crd", "edam+crd")
+}
+INSPECTION_CONFIGS = {"vit-rgb-student": "inspection-camera.toml", "mm-vit-missing-student": "inspection-missing.toml"}
+STUDIES = {
+    "fashion": {"methods": FASHION, "students": ["cnn-18k", "cnn-70k"], "teacher": "wrn16-4", "data": "fashion"},
+    "inspection": {
+        "methods": INSPECTION,
+        "students": list(INSPECTION_CONFIGS),
+        "teacher": "mm-vit-teacher",
+        "data": "inspection",
+    },
+}
+METHODS = {**FASHION, **INSPECTION}
 
 
 @dataclass(frozen=True)
@@ -111,12 +129,15 @@ class Stopped(Exception):
 
 
 def distill(args, job: Job, teacher: Path | None, out: Path, deadline: Deadline) -> dict:
-    base, extra = METHODS[job.method]
+    study = STUDIES[args.study]
+    base, extra = study["methods"][job.method]
+    if args.study == "inspection":
+        base = INSPECTION_CONFIGS[job.student]
     sets = [
         f"student.model={job.student}",
         f"student.epochs={job.epochs}",
         f"run.seed={job.seed}",
-        f"export.name=fashion-{job.student}-{job.method}-e{job.epochs}-s{job.seed}",
+        f"export.name={study['data']}-{job.student}-{job.method}-e{job.epochs}-s{job.seed}",
         *extra,
         *args.set,
     ]
@@ -233,10 +254,69 @@ def collect(out: Path) -> dict[tuple[str, str, int], list[dict]]:
     return groups
 
 
+def _subset_acc(summary: dict, role: str, subset: str, label: str | None = None) -> float | None:
+    by = (summary.get(role) or {}).get("by_subset") or {}
+    entry = by.get(subset)
+    if entry is None:
+        return None
+    return entry["accuracy"] if label is None else entry["per_class"].get(label)
+
+
+def inspection_report(groups: dict[tuple[str, str, int], list[dict]]) -> str:
+    """The table of the inspection study: every accuracy with both inputs and with the height
+    map missing, the per-class accuracy of dents and stains, coverage per subset and parameters."""
+    lines = []
+    teachers: dict[str, list[dict]] = {}
+    for runs in groups.values():
+        for s in runs:
+            if s.get("teacher"):
+                teachers.setdefault(s["teacher"]["model"], [])
+                if s["teacher"] not in teachers[s["teacher"]["model"]]:
+                    teachers[s["teacher"]["model"]].append(s["teacher"])
+
+    def cells(summaries: list[dict], role: str) -> list[str]:
+        def col(subset, label=None):
+            vals = [_subset_acc(s, role, subset, label) for s in summaries]
+            return _mean_sd([v for v in vals if v is not None], 100)
+
+        return [col("rgb+height"), col("rgb"), col("rgb+height", "dent"), col("rgb", "dent"), col("rgb", "stain")]
+
+    head = (
+        "| model | method | epochs | acc rgb+height % | acc rgb only % | dent, rgb+height % | dent, rgb % "
+        "| stain, rgb % |"
+    )
+    lines += [head, "|---|---|---|---|---|---|---|---|"]
+    for model, ts in sorted(teachers.items()):
+        wrapped = [{"teacher": t} for t in ts]
+        lines.append(f"| {model} (teacher) | – | – | " + " | ".join(cells(wrapped, "teacher")) + " |")
+    order = list(INSPECTION)
+    for key in sorted(groups, key=lambda k: (k[0], k[2], order.index(k[1]) if k[1] in order else len(order))):
+        student, method, epochs = key
+        lines.append(f"| {student} | {method} | {epochs} | " + " | ".join(cells(groups[key], "student")) + " |")
+    lines += [
+        "",
+        "| model | method | epochs | params | coverage @ target, all inputs % | coverage, rgb only % | ECE after T |",
+    ]
+    lines.append("|---|---|---|---|---|---|---|")
+    for key in sorted(groups, key=lambda k: (k[0], k[2], order.index(k[1]) if k[1] in order else len(order))):
+        runs = groups[key]
+        student, method, epochs = key
+        cov = [s["coverage"] for s in runs if s.get("coverage") is not None]
+        sub = [x["coverage"] for s in runs for x in s.get("subsets", []) if x["present"] == ["rgb"]]
+        sub = [c for c in sub if c is not None]
+        lines.append(
+            f"| {student} | {method} | {epochs} | {runs[0]['student']['params']} | {_mean_sd(cov, 100, 1)} | "
+            f"{_mean_sd(sub, 100, 1) if sub else '–'} | {_mean_sd([s['ece_after'] for s in runs], 1, 4)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def report(out: Path) -> str:
     groups = collect(out)
     if not groups:
         return f"no finished runs (no */summary.json) in {out}\n"
+    if any(s["student"].get("by_subset") and "rgb" in s["student"]["by_subset"] for r in groups.values() for s in r):
+        return inspection_report(groups)
     lines = []
     teachers = {
         (s["teacher"]["model"], round(s["teacher"]["test_accuracy"], 4))
@@ -269,11 +349,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the grid of distillations")
     r.add_argument("--out", default="runs/study")
-    r.add_argument("--students", nargs="+", default=["cnn-18k", "cnn-70k"])
-    r.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    r.add_argument(
+        "--study",
+        default="fashion",
+        choices=list(STUDIES),
+        help="fashion: Fashion-MNIST students; inspection: the synthetic inspection set (its configs' data paths)",
+    )
+    r.add_argument("--students", nargs="+", help="default: the study's (fashion: cnn-18k cnn-70k)")
+    r.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all of the study's")
     r.add_argument("--epochs", nargs="+", type=int, default=[20])
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    r.add_argument("--teacher", default="wrn16-4")
+    r.add_argument("--teacher", help="default: the study's (fashion: wrn16-4; inspection: mm-vit-teacher)")
     r.add_argument("--teacher-epochs", type=int, default=20)
     r.add_argument(
         "--teacher-weights",
@@ -307,6 +393,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(report(out), end="")
         return 0
+    study = STUDIES[args.study]
+    args.students = args.students or study["students"]
+    args.methods = args.methods or list(study["methods"])
+    args.teacher = args.teacher or study["teacher"]
+    wrong = [m for m in args.methods if m not in study["methods"]] + [
+        s for s in args.students if args.study == "inspection" and s not in INSPECTION_CONFIGS
+    ]
+    if wrong:
+        say(f"study: {', '.join(wrong)}: not part of the {args.study} study", sys.stderr)
+        return 2
     return run(args)
 
 

@@ -102,8 +102,8 @@ def test_dtokd_losses_are_finite_and_every_objective_falls(kw, learnable_batch, 
         before = d.losses(b)
     d.train()
     for _ in range(20):
-        loss, _ = d.step(_fns(d), b, opt)
-        assert torch.isfinite(loss)
+        losses, _ = d.step(_fns(d), b, opt)
+        assert set(losses) == set(before) and all(torch.isfinite(v) for v in losses.values())
     d.eval()
     with torch.no_grad():
         after = d.losses(b)

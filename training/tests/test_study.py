@@ -171,3 +171,42 @@ def test_a_deadline_checkpoints_the_running_run_and_the_next_run_resumes_it(stud
     assert len(list(study_dir.glob("*/summary.json"))) == 4
     assert "--resume" in json.loads((study_dir / "cnn-18k-kd-e2-s0" / "args.json").read_text())
     assert "--resume" not in json.loads((study_dir / "cnn-18k-kd-e2-s1" / "args.json").read_text())
+
+
+def _by_subset(both: float, rgb: float) -> dict:
+    per_class = {"dent": both - 0.1, "stain": rgb}
+    return {
+        "rgb+height": {"accuracy": both, "per_class": per_class},
+        "rgb": {"accuracy": rgb, "per_class": {"dent": 0.5, "stain": rgb}},
+    }
+
+
+def test_the_inspection_study_uses_the_config_of_its_student_and_reports_each_subset(study, tmp_path):
+    args = run_args(tmp_path, fake_edge_kd(tmp_path), methods=("scratch", "edam+crd"))
+    args[args.index("cnn-18k")] = "vit-rgb-student"
+    args[args.index("wrn16-1")] = "mm-vit-teacher"
+    assert study.main(args + ["--study", "inspection"]) == 0
+    for run in (tmp_path / "study").iterdir():
+        cmd = json.loads((run / "args.json").read_text())
+        assert cmd[cmd.index("--config") + 1].endswith("inspection-camera.toml"), run.name
+    assert "distill.method=edam+crd" in sets_of(tmp_path / "study" / "vit-rgb-student-edam+crd-e2-s0")
+    # A fashion method is not part of the inspection study: refused before anything runs.
+    bad = run_args(tmp_path, fake_edge_kd(tmp_path), methods=("crld",)) + ["--study", "inspection"]
+    assert study.main(bad) == 2
+
+    out = tmp_path / "report"
+    for seed, (both, rgb) in enumerate([(0.9, 0.7), (0.92, 0.72)]):
+        d = out / f"mm-vit-missing-student-kd-e40-s{seed}"
+        d.mkdir(parents=True)
+        s = {
+            "student": {"test_accuracy": both, "params": 41322, "by_subset": _by_subset(both, rgb)},
+            "teacher": {"model": "mm-vit-teacher", "test_accuracy": 0.95, "by_subset": _by_subset(0.95, 0.6)},
+            "ece_after": 0.02,
+            "coverage": 0.5,
+            "subsets": [{"present": ["rgb"], "temperature": 1.5, "coverage": 0.25}],
+        }
+        (d / "summary.json").write_text(json.dumps(s))
+    table = study.report(out)
+    assert "| mm-vit-teacher (teacher) | – | – | 95.00 (n=1) | 60.00 (n=1) |" in table
+    assert "| mm-vit-missing-student | kd | 40 | 91.00 ± 1.41 (n=2) | 71.00 ± 1.41 (n=2) |" in table
+    assert "| mm-vit-missing-student | kd | 40 | 41322 | 50.0 ± 0.0 (n=2) | 25.0 ± 0.0 (n=2) |" in table

@@ -67,14 +67,14 @@ def generate(seed: int, i: int, size: int = 64) -> Sample:
         height -= _dent(rng, grid)
     elif label == "scratch":
         profile = _line_profile(grid, _straight_path(rng, grid), width=rng.uniform(0.6, 1.0) * grid.unit)
-        height -= rng.uniform(0.4, 1.2) * profile
+        height -= rng.uniform(0.4, 1.5) * profile
         # Torn-up burr or polished-in groove: the line is brighter or darker than the metal.
-        albedo *= (1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.05, 0.2) * profile)[:, :, None]
+        albedo *= (1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.3) * profile)[:, :, None]
     elif label == "crack":
         profile = _line_profile(grid, _jagged_paths(rng, grid), width=rng.uniform(0.5, 0.7) * grid.unit)
-        height -= rng.uniform(0.8, 3.0) * profile
+        height -= rng.uniform(1.5, 5.0) * profile
         # A crack is a gap: it traps the light and is dark in every channel.
-        albedo *= (1.0 - rng.uniform(0.1, 0.3) * profile)[:, :, None]
+        albedo *= (1.0 - rng.uniform(0.15, 0.4) * profile)[:, :, None]
     return Sample(label, _camera(rng, grid, albedo), _profilometer(rng, height))
 
 
@@ -143,14 +143,14 @@ def _stain(rng: np.random.Generator, grid: _Grid) -> np.ndarray:
     """Albedo factor (H, W, 3) of coolant residue or rust: a film that absorbs blue more than red
     (brownish and darker), with a ragged edge. A film microns thin adds no measurable height."""
     edge = np.clip(_blob(rng, grid, (5.0, 12.0)) * (1.0 + 0.3 * _smooth_noise(rng, grid, 2.0 * grid.unit)), 0.0, 1.0)
-    absorb = rng.uniform(0.08, 0.3) * np.array([0.25, 0.4, 0.55]) * (1.0 + rng.normal(0.0, 0.1, size=3))
+    absorb = rng.uniform(0.15, 0.45) * np.array([0.25, 0.4, 0.55]) * (1.0 + rng.normal(0.0, 0.1, size=3))
     return 1.0 - edge[:, :, None] * absorb[None, None, :]
 
 
 def _dent(rng: np.random.Generator, grid: _Grid) -> np.ndarray:
     """Depth in µm of an impact dent: a smooth depression; the material and its colour are
     unchanged, so under diffuse light the camera cannot see it."""
-    return rng.uniform(0.3, 1.0) * _blob(rng, grid, (4.0, 9.0))
+    return rng.uniform(0.8, 2.5) * _blob(rng, grid, (4.0, 9.0))
 
 
 def _straight_path(rng: np.random.Generator, grid: _Grid) -> list[np.ndarray]:
