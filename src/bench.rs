@@ -309,8 +309,7 @@ fn bench_one(
     let value_indices: Vec<usize> = (0..model.card.inputs.len())
         .filter(|&index| !model.card.is_mask(&model.card.inputs[index]))
         .collect();
-    let total = subsets.len() * (opts.warmup + 2 * opts.iters);
-    let mut done = 0;
+    let mut steps = Steps { done: 0, total: subsets.len() * (opts.warmup + 2 * opts.iters), progress };
     let mut rows = Vec::new();
     for (set, name) in subsets {
         let values: Vec<InputValue> = value_indices
@@ -323,13 +322,7 @@ fn bench_one(
             )
             .collect();
         let mut row = BenchRow { load_ms: Some(load_ms), ..row(name) };
-        let mut step = |progress: &mut dyn FnMut(BenchEvent)| {
-            done += 1;
-            if done % 16 == 0 || done == total {
-                progress(BenchEvent::Step { done, total });
-            }
-        };
-        let result = measure(&mut classifier, &values, opts, &mut row, &mut step, progress);
+        let result = measure(&mut classifier, &values, opts, &mut row, &mut steps);
         row.error = result.err().map(|e| e.to_string());
         rows.push(row);
     }
@@ -340,18 +333,33 @@ fn bench_one(
     rows
 }
 
+/// Iterations done out of all of a configuration's, reported every 16.
+struct Steps<'a> {
+    done: usize,
+    total: usize,
+    progress: &'a mut dyn FnMut(BenchEvent),
+}
+
+impl Steps<'_> {
+    fn step(&mut self) {
+        self.done += 1;
+        if self.done.is_multiple_of(16) || self.done == self.total {
+            (self.progress)(BenchEvent::Step { done: self.done, total: self.total });
+        }
+    }
+}
+
 /// Warm-up, the engine alone, then the pipeline, on one frame's values.
 fn measure(
     classifier: &mut Classifier,
     values: &[InputValue],
     opts: &BenchOptions,
     row: &mut BenchRow,
-    step: &mut dyn FnMut(&mut dyn FnMut(BenchEvent)),
-    progress: &mut dyn FnMut(BenchEvent),
+    steps: &mut Steps,
 ) -> Result<(), BenchError> {
     for _ in 0..opts.warmup {
         classifier.classify(values)?;
-        step(progress);
+        steps.step();
     }
     // The engine-only loop reruns the tensors the last frame left, so it needs one.
     if opts.warmup == 0 {
@@ -362,7 +370,7 @@ fn measure(
         let start = Instant::now();
         classifier.run_engine_on_last_input()?;
         engine_times.push(start.elapsed());
-        step(progress);
+        steps.step();
     }
     let mut totals = Vec::with_capacity(opts.iters);
     let mut overheads = Vec::with_capacity(opts.iters);
@@ -373,7 +381,7 @@ fn measure(
         totals.push(start.elapsed());
         overheads.push(stages.preprocess + stages.decide);
         engine_in_pipeline.push(stages.engine);
-        step(progress);
+        steps.step();
     }
     row.engine_only = Some(Stats::from_durations(&mut engine_times));
     row.pipeline = Some(Stats::from_durations(&mut totals));
