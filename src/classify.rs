@@ -298,11 +298,6 @@ impl Classifier {
         Ok(self.classify(&[InputValue::Frame(frame)])?.0)
     }
 
-    /// Like [`Self::classify_frame`], timing each stage (for `bench`).
-    pub fn classify_frame_timed(&mut self, frame: &Frame) -> Result<(Decision, StageTimes), InputError> {
-        self.classify(&[InputValue::Frame(frame)])
-    }
-
     /// Classifies a model-ready tensor. Its shape must be the input's, with or without
     /// the batch dimension of 1.
     pub fn classify_tensor(&mut self, shape: &[usize], data: &[f32]) -> Result<Decision, InputError> {
