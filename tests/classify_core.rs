@@ -215,6 +215,25 @@ fn under_zero_fill_a_missing_input_is_zeros_the_mask_says_so_and_an_uncalibrated
 }
 
 #[test]
+fn a_mask_input_needs_a_channel_per_optional_input() {
+    let mut model = open("masked");
+    let engine =
+        engine::open(&model, &EngineOptions { kind: EngineKind::Tract, threads: 1, ort_library: None })
+            .unwrap();
+    // The depth map made required: the one-channel mask has no optional input to mark.
+    model.card.inputs[1].optional = false;
+    let Err(err) = Classifier::multimodal(&model, engine, DecideOptions::default(), ImageLimits::default())
+    else {
+        panic!("a mask without its optional input was accepted");
+    };
+    assert!(matches!(err, ClassifierError::MaskChannels { channels: 1, optional: 0, .. }), "{err:?}");
+    assert!(err.to_string().ends_with(
+        "masked.onnx: the mask input \"depth_mask\" has 1 channel(s) but the card has 0 optional input(s); \
+         edge-kd fills one channel per optional input (1 present, 0 missing)"
+    ), "{err}");
+}
+
+#[test]
 fn a_colour_image_for_a_gray_measurement_is_that_inputs_error_and_a_camera_input_converts() {
     let model = open("learned_token");
     let mut c = classifier(&model, EngineKind::Tract);

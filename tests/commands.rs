@@ -263,6 +263,18 @@ fn parity_checks_every_tensor_a_multi_input_model_is_fed_and_fails_on_a_wrong_re
             .unwrap()
             .and(predicate::str::is_match(r"ort\s+ok .* over 4 samples").unwrap()),
     );
+    // Graph inputs declared in another order are bound by name, in both engines.
+    edge_kd()
+        .args(["parity", "--model"])
+        .arg(fixture("models/learned_token.reordered.onnx"))
+        .arg(&reference)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::is_match(r"tract\s+ok")
+                .unwrap()
+                .and(predicate::str::is_match(r"ort\s+ok").unwrap()),
+        );
     // Sample 1 (height missing) given sample 0's output: the engines must disagree with it.
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(&reference).unwrap() {
