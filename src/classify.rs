@@ -167,9 +167,9 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// A classifier for callers that give one value per frame (`run`, `bench`, `serve`
-    /// today): a model with more inputs is refused here, before any frame, rather than
-    /// failing every frame. `limits` bound every image this classifier decodes.
+    /// A classifier for callers that give one value per frame (`serve` today): a model with
+    /// more inputs is refused here, before any frame, rather than failing every frame.
+    /// `limits` bound every image this classifier decodes.
     pub fn new(
         model: &Model,
         engine: Box<dyn Engine>,
@@ -380,7 +380,7 @@ fn slots(card: &Card, origin: &str) -> Result<Vec<Slot>, ClassifierError> {
 
 /// The input of a model that a caller with one value per frame can feed; a model with
 /// several inputs is refused here, the one place that assumption is made.
-pub fn single_input(model: &Model) -> Result<&InputSpec, ClassifierError> {
+fn single_input(model: &Model) -> Result<&InputSpec, ClassifierError> {
     match model.card.inputs.as_slice() {
         [input] => Ok(input),
         inputs => Err(ClassifierError::Multimodal {
