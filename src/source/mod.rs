@@ -11,4 +11,4 @@ pub mod retry;
 pub mod synthetic;
 
 pub use files::{InputItem, InputKind, expand};
-pub use pairing::{Member, Sample};
+pub use pairing::{Member, Sample, SampleInput};
