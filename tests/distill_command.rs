@@ -293,3 +293,124 @@ fn missing_pytorch_says_which_command_installs_it() {
         .code(2)
         .stderr(predicate::str::contains("no Python interpreter found"));
 }
+
+#[test]
+fn a_multimodal_manifest_gives_one_student_that_every_engine_runs_with_and_without_the_height_map() {
+    let dir = tempfile::tempdir().unwrap();
+    for (split, n, seed) in [("train", "60", "0"), ("test", "10", "1")] {
+        let made = Command::new(python())
+            .current_dir(root())
+            .env("PYTHONPATH", root().join("training"))
+            .args([
+                "-m",
+                "edgekd_train",
+                "data",
+                "inspection",
+                "--size",
+                "32",
+                "--n",
+                n,
+                "--seed",
+                seed,
+                "--out",
+            ])
+            .arg(dir.path().join(split))
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    }
+    let config = dir.path().join("inspection.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[data]
+dataset = "manifest"
+path = {train:?}
+test_path = {test:?}
+labels = ["ok", "scratch", "dent", "stain", "crack"]
+image_size = 16
+calibration_split = 20
+
+[inputs.rgb]
+color = "rgb"
+
+[inputs.height]
+color = "gray"
+optional = true
+
+[teacher]
+model = "mm-vit-teacher"
+epochs = 1
+batch_size = 16
+
+[student]
+model = "mm-vit-missing-student"
+epochs = 1
+batch_size = 16
+modality_dropout = 0.5
+
+[calibration]
+max_error_among_accepted = 0.5
+min_samples_per_class = 2
+
+[export]
+reference_samples = 2
+
+[run]
+threads = 1
+"#,
+            train = dir.path().join("train/manifest.csv").display().to_string(),
+            test = dir.path().join("test/manifest.csv").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    // The references hold both subsets (height present, then missing): parity covers both.
+    edge_kd()
+        .current_dir(root())
+        .env("EDGE_KD_PYTHON", python())
+        .args(["distill", "--device", "cpu", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match(r"parity\s+tract \S+ ok, ort \S+ ok").unwrap());
+    assert!(out.join("reference/input_3.height_present.npy").is_file());
+    let model = out.join("student.onnx");
+    edge_kd()
+        .arg("card")
+        .arg(&model)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("learned-token").and(predicate::str::contains("height_present")));
+
+    // A sample with both maps, and the same camera image alone: each decided by its own calibration.
+    let test = dir.path().join("test");
+    for engine in ["tract", "ort"] {
+        let mut lines = Vec::new();
+        for inputs in [vec!["rgb", "height"], vec!["rgb"]] {
+            let mut cmd = edge_kd();
+            cmd.args(["run", "--format", "jsonl", "--engine", engine, "--model"]).arg(&model);
+            for input in &inputs {
+                cmd.arg("--input").arg(format!("{input}={}", test.join(input).join("000000.png").display()));
+            }
+            let run = cmd.output().unwrap();
+            assert!(run.status.success(), "{engine} {inputs:?}: {}", String::from_utf8_lossy(&run.stderr));
+            lines.extend(stdout_lines(&run));
+        }
+        assert_eq!(lines[0]["subset"], "rgb+height", "{engine}: {}", lines[0]);
+        assert_eq!(lines[1]["subset"], "rgb", "{engine}: {}", lines[1]);
+        assert_eq!(lines[1]["modalities"], serde_json::json!({"rgb": "present", "height": "missing"}));
+        // The whole test manifest, as the trainer reads it.
+        let run = edge_kd()
+            .args(["run", "--format", "jsonl", "--engine", engine, "--model"])
+            .arg(&model)
+            .arg("--manifest")
+            .arg(test.join("manifest.csv"))
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{engine}: {}", String::from_utf8_lossy(&run.stderr));
+        assert_eq!(stdout_lines(&run).len(), 10);
+    }
+}
