@@ -175,10 +175,12 @@ def build_card(
     }
 
 
-def export_student(student: nn.Module, card: dict, samples: list[Feeds], out: Path, opset: int = 17) -> dict:
-    """Write OUT/student.onnx (+card) and OUT/reference/; returns {"onnx", "onnx_bytes", "max_abs_diff"}.
+def export_student(
+    student: nn.Module, card: dict, samples: list[Feeds], out: Path, opset: int = 17, filename: str = "student.onnx"
+) -> dict:
+    """Write OUT/<filename> (+card) and OUT/reference/; returns {"onnx", "onnx_bytes", "max_abs_diff"}.
     ``samples`` are the reference inputs, a tensor per graph input each."""
-    path = out / "student.onnx"
+    path = out / filename
     shapes = {i["name"]: tuple(i["shape"]) for i in card["inputs"]}
     batch = {f"{i['name']}{PRESENT_SUFFIX}": i["shape"][0] for i in card["inputs"]}
     shapes.update({p: (batch[p],) for p in presence_inputs(card)})

@@ -190,7 +190,7 @@ def calibrate_subset(
     return cal, logits, truth
 
 
-def reference_samples(student, specs, data, feed: Feed, ctx, n: int, learned_token: bool) -> list[dict]:
+def reference_samples(specs, data, feed: Feed, n: int, learned_token: bool) -> list[dict]:
     """The first ``n`` test samples as graph inputs, once with every input present and once per
     missing subset, so parity covers every subset the box may see."""
     names = [s.name for s in specs]
@@ -408,7 +408,7 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
             command=command,
             learned_token=learned_token,
         )
-        ref = reference_samples(student, s_specs, test, student_feed, ctx, cfg.export.reference_samples, learned_token)
+        ref = reference_samples(s_specs, test, student_feed, cfg.export.reference_samples, learned_token)
         exp = export_student(student, card, ref, out, cfg.export.opset)
         notes = list(cal.notes)
         if exp["max_abs_diff"] is None:

@@ -87,7 +87,7 @@ def _ort_matches_references(onnx_path: Path, ref: Path, names: list[str], n: int
         assert np.abs(got - np.load(ref / f"output_{k}.npy")).max() <= parity_tolerance()
 
 
-def test_camera_only_student_by_edam_and_crd(tmp_path, inspection):
+def test_camera_only_student_by_edam_and_crd(tmp_path, inspection, scripts):
     raw = _config(
         inspection,
         student={"model": "vit-rgb-student", "inputs": ["rgb"]},
@@ -112,6 +112,15 @@ def test_camera_only_student_by_edam_and_crd(tmp_path, inspection):
     assert abs(n_init - summary["student"]["params"]) <= 0.01 * summary["student"]["params"]
     assert summary["parity_max_abs_diff"] <= parity_tolerance()
     _ort_matches_references(tmp_path / "student.onnx", tmp_path / "reference", ["rgb"], 2)
+
+    # The teacher exported beside it, for bench: both maps, zero-filled when height is missing.
+    res = scripts("export_teacher").export(tmp_path, 2)
+    assert res["max_abs_diff"] <= parity_tolerance()
+    teacher = Path(res["onnx"])
+    assert _onnx_inputs(teacher) == [("rgb", [1, 3, SIZE, SIZE]), ("height", [1, 1, SIZE, SIZE])]
+    t_card = read_card(teacher, validate=True)
+    assert t_card["calibration"] is None and t_card["missing_modality"]["policy"] == "zero-fill"
+    _ort_matches_references(teacher, teacher.parent / "reference", ["rgb", "height"], 4)
 
 
 def test_missing_modality_student_has_a_presence_input_and_a_calibration_per_subset(tmp_path, inspection):
