@@ -2,6 +2,7 @@
 //! `edgekd_train` package, starts the trainer, and reads its JSON-lines events. The
 //! training itself is Python (`training/`); this module only drives and listens.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -193,12 +194,18 @@ pub enum Event {
         step: u64,
         steps: u64,
         loss: f64,
+        /// The method's named terms of this step's loss (`ce`, `kd`, `attn`...), besides the total.
+        #[serde(default)]
+        losses: BTreeMap<String, f64>,
     },
     Epoch {
         phase: String,
         epoch: u32,
         of: u32,
         loss: f64,
+        /// Each named term averaged over the epoch's samples.
+        #[serde(default)]
+        losses: BTreeMap<String, f64>,
         #[serde(default)]
         train_accuracy: Option<f64>,
         #[serde(default)]
@@ -247,6 +254,9 @@ pub struct Summary {
     pub notes: Vec<String>,
     pub reference_dir: PathBuf,
     pub images_per_s: Option<f64>,
+    /// The student's named loss terms over its last epoch.
+    #[serde(default)]
+    pub losses: BTreeMap<String, f64>,
     #[serde(default)]
     pub plots: Vec<PathBuf>,
     /// CRLD's confidence gates over the last logged epoch (methods with CRLD's views only).

@@ -439,6 +439,7 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
             "notes": notes,
             "reference_dir": str(out / "reference"),
             "images_per_s": res.images_per_s,
+            "losses": res.losses or {},
             "throughput": res.throughput,
             "parity_max_abs_diff": exp["max_abs_diff"],
             "plots": plots,

@@ -90,6 +90,7 @@ class FitResult:
     epochs: int
     resumed_from: int = 0
     throughput: dict | None = None  # all epochs of this process: images/s, what was timed, how it ran
+    losses: dict[str, float] | None = None  # the named loss terms over the last epoch
 
 
 @torch.no_grad()
@@ -305,6 +306,7 @@ def fit(
     test_acc = float("nan")
     ips = 0.0
     throughput = None
+    train_losses: dict[str, float] | None = None
     try:
         for epoch in range(start, epochs):
             model.train()
@@ -422,7 +424,13 @@ def fit(
                 sched,
                 done,
                 phase,
-                {"done": done >= epochs, "test_accuracy": test_acc, "images_per_s": ips, "throughput": throughput},
+                {
+                    "done": done >= epochs,
+                    "test_accuracy": test_acc,
+                    "images_per_s": ips,
+                    "throughput": throughput,
+                    "losses": train_losses,
+                },
             )
             if ctx.is_main:
                 for step_no, d in diagnostics:
@@ -464,5 +472,13 @@ def fit(
         test_acc = st.get("test_accuracy", accuracy(predict(distiller.student, test, feed, ctx), test.labels))
         ips = st.get("images_per_s", 0.0)
         throughput = st.get("throughput")
+        train_losses = st.get("losses")
     distiller.eval()
-    return FitResult(test_accuracy=test_acc, images_per_s=ips, epochs=epochs, resumed_from=start, throughput=throughput)
+    return FitResult(
+        test_accuracy=test_acc,
+        images_per_s=ips,
+        epochs=epochs,
+        resumed_from=start,
+        throughput=throughput,
+        losses=train_losses,
+    )

@@ -34,6 +34,7 @@ SUMMARY_KEYS = {
     "notes",
     "reference_dir",
     "images_per_s",
+    "losses",
     "plots",
 }
 
@@ -74,6 +75,10 @@ def test_distill_tiny_end_to_end(tmp_path):
     summary = evs[-1]
     assert set(summary) >= SUMMARY_KEYS
     assert summary["teacher"]["model"] == "wrn16-1" and summary["student"]["params"] > 0
+    # KD's named terms, averaged over the student's last epoch, beside the total the events carry.
+    assert set(summary["losses"]) == {"ce", "kd"} and all(v > 0 for v in summary["losses"].values())
+    epoch = [e for e in evs if e["event"] == "epoch" and e["phase"] == "student"][-1]
+    assert epoch["losses"] == summary["losses"]
     assert json.loads((out / "summary.json").read_text()) == summary
     assert [json.loads(ln) for ln in (out / "events.jsonl").read_text().splitlines()] == evs
     for f in (
