@@ -14,6 +14,7 @@ pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod model_slot;
+pub mod multipart;
 pub mod pipeline;
 pub mod queue;
 mod recover;
