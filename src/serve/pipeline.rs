@@ -122,6 +122,7 @@ impl Pipeline {
                     FolderEvent::File(path) => feed.push(path.display().to_string(), Payload::File(path)),
                     FolderEvent::NotAFile(path, what) => feed.not_a_file(&path, &what),
                     FolderEvent::State(up, state) => feed.state(up, state),
+                    FolderEvent::Idle => {}
                 });
             })?),
             SourceKind::Upload => {
