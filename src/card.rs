@@ -100,8 +100,11 @@ pub struct InputSpec {
     pub optional: bool,
 }
 
+/// The modality of an input whose card does not name one.
+pub const CAMERA: &str = "camera";
+
 fn default_modality() -> String {
-    "camera".into()
+    CAMERA.into()
 }
 
 impl InputSpec {
@@ -645,13 +648,30 @@ impl Card {
         })
     }
 
-    /// How JSONL names the calibration subset of a frame whose present inputs are `present`:
-    /// their names joined by `+` in card input order (`"rgb+height"`), `None` when every input is
-    /// present (the top-level calibration).
-    pub fn subset_name(&self, present: &[&str]) -> Option<String> {
+    /// How JSONL names the set of inputs a frame had, the set its calibration is looked up by:
+    /// their names joined by `+` in card input order (`"rgb+height"`, `"rgb"`).
+    pub fn subset_name(&self, present: &[&str]) -> String {
         let named: Vec<&str> =
             self.inputs.iter().map(|i| i.name.as_str()).filter(|name| present.contains(name)).collect();
-        (named.len() < self.inputs.len()).then(|| named.join("+"))
+        named.join("+")
+    }
+
+    /// The input named by `missing_modality.mask_input` under `"zero-fill"`: the runtime fills it
+    /// from which inputs are present, so no frame gives it a value.
+    pub fn mask_input(&self) -> Option<&InputSpec> {
+        let mask = self.missing_modality.as_ref().filter(|m| m.policy == MissingPolicy::ZeroFill)?;
+        let name = mask.mask_input.as_deref()?;
+        self.inputs.iter().find(|i| i.name == name)
+    }
+
+    /// Whether `input` is the mask input ([`Card::mask_input`]).
+    pub fn is_mask(&self, input: &InputSpec) -> bool {
+        self.mask_input().is_some_and(|mask| mask.name == input.name)
+    }
+
+    /// The inputs a frame gives a value for, in card order: every input but the mask input.
+    pub fn value_inputs(&self) -> impl Iterator<Item = &InputSpec> {
+        self.inputs.iter().filter(|i| !self.is_mask(i))
     }
 
     /// The accept threshold of each class, in label order.
@@ -967,8 +987,8 @@ mod tests {
             Some(&card.calibration.as_ref().unwrap().subsets[0])
         );
         assert_eq!(card.calibration_for(&["rgb", "height", "depth"]).unwrap().subset, None);
-        assert_eq!(card.subset_name(&["depth", "rgb"]).as_deref(), Some("rgb+depth"));
-        assert_eq!(card.subset_name(&["height", "depth", "rgb"]), None);
+        assert_eq!(card.subset_name(&["depth", "rgb"]), "rgb+depth");
+        assert_eq!(card.subset_name(&["height", "depth", "rgb"]), "rgb+height+depth");
         // A card without calibration has none for any set; one without subsets only the full one.
         let uncalibrated = Card { calibration: None, ..card.clone() };
         assert!(uncalibrated.calibration_for(&["rgb", "height", "depth"]).is_none());

@@ -1,20 +1,23 @@
 //! One frame through the whole chain: each card input's value is decoded, preprocessed or
-//! checked, the engine runs once on all of them, and the logits are decided.
-//! `run`, `bench`, `doctor` and `serve` all classify through this type: [`Classifier::classify`]
-//! is the chain, and the `classify_*` methods are the one-value shapes today's callers have.
+//! checked (or, for a missing optional input, filled as the card's `missing_modality` says), the
+//! engine runs once on all of them, and the logits are decided by the calibration of the inputs
+//! the frame had. `run`, `bench`, `doctor` and `serve` all classify through this type:
+//! [`Classifier::classify`] is the chain, and the `classify_*` methods are the one-value shapes
+//! today's callers have.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::card::{Card, InputSpec, MAX_INPUTS};
+use crate::card::{CAMERA, Card, Color, InputSpec, MAX_INPUTS};
 use crate::decide::{Decider, Decision, WidthMismatch};
 use crate::engine::{Engine, EngineError, EngineKind};
 use crate::model::Model;
 use crate::npy::{self, NpyError};
 use crate::preprocess::decode::{DecodeError, ImageFileDecoder, ImageLimits};
-use crate::preprocess::{Frame, PreprocessError, Preprocessor};
+use crate::preprocess::{Frame, PixelFormat, PreprocessError, Preprocessor};
+use crate::present::Present;
 use crate::source::InputKind;
 
 /// The value one card input gets for one frame. A frame of a model is one value per card
@@ -32,7 +35,8 @@ pub enum InputValue<'a> {
     /// A model-ready tensor, fed without preprocessing: the input's shape, with or without
     /// the batch dimension of 1.
     Tensor { shape: &'a [usize], data: &'a [f32] },
-    /// No value this frame (a modality that dropped out).
+    /// No value this frame (a modality that dropped out): filled per the card's
+    /// `missing_modality` for an optional input, an error for a required one.
     Absent,
 }
 
@@ -49,8 +53,15 @@ pub enum ValueError {
     TensorShape { got: Vec<usize>, expected: Vec<usize> },
     #[error("tensor of shape {shape:?} holds {got} values, not the {expected} its shape has")]
     TensorLen { shape: Vec<usize>, got: usize, expected: usize },
-    #[error("no value for this frame ({modality}), and this edge-kd does not fill missing modalities")]
+    #[error("no value for this frame ({modality}), and the card does not make this input optional")]
     Absent { modality: String },
+    // A colour file where a measurement is expected is another modality's file: averaging its
+    // channels would feed the model a picture as if it were a height or depth map.
+    #[error(
+        "a colour image ({format:?}) where a gray {modality} map is expected (edge-kd converts colour \
+         to gray for camera inputs only)"
+    )]
+    ColourForMeasurement { modality: String, format: PixelFormat },
 }
 
 /// Problems with one frame; the next frame is unaffected.
@@ -80,6 +91,11 @@ pub enum ClassifierError {
     Multimodal { model: String, count: usize, names: String },
     #[error("{model}: the card lists {labels} labels but {engine} computes {width} outputs")]
     Width { model: String, labels: usize, engine: EngineKind, width: usize },
+    #[error(
+        "{model}: the mask input {mask:?} has {channels} channel(s) but the card has {optional} optional \
+         input(s); edge-kd fills one channel per optional input (1 present, 0 missing)"
+    )]
+    MaskChannels { model: String, mask: String, channels: usize, optional: usize },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,9 +130,20 @@ pub struct Outcome {
 struct Slot {
     spec: InputSpec,
     preprocessor: Preprocessor,
-    /// A tensor value's copy or a `.npy`'s data, when the last value was a tensor.
+    /// A tensor value's copy, a `.npy`'s data, a missing input's zeros or the mask, when the
+    /// last value was not an image.
     tensor: Vec<f32>,
     fed_tensor: bool,
+    role: Role,
+}
+
+enum Role {
+    /// Each frame gives it a value. `presence` is the index of its presence input in
+    /// [`Classifier::presence`], under `"learned-token"`.
+    Value { presence: Option<usize> },
+    /// The mask input of `"zero-fill"`, which edge-kd fills: channel `c` is 1.0 where the
+    /// card input at `optional[c]` is present, 0.0 where it is missing.
+    Mask { optional: Vec<usize> },
 }
 
 impl Slot {
@@ -129,16 +156,20 @@ impl Slot {
 pub struct Classifier {
     card: Card,
     engine: Box<dyn Engine>,
+    /// One per card input, in card order.
     slots: Vec<Slot>,
+    /// The value of each presence input (1.0 present, 0.0 missing; their batch is 1), in the
+    /// order the engine takes them ([`crate::engine::feeds`]).
+    presence: Vec<f32>,
     decoder: ImageFileDecoder,
     decider: Decider,
     logits: Vec<f32>,
 }
 
 impl Classifier {
-    /// A classifier for callers that give one value per frame (`run`, `bench`, `serve`
-    /// today): a model with more inputs is refused here, before any frame, rather than
-    /// failing every frame. `limits` bound every image this classifier decodes.
+    /// A classifier for callers that give one value per frame (`serve` today): a model with
+    /// more inputs is refused here, before any frame, rather than failing every frame.
+    /// `limits` bound every image this classifier decodes.
     pub fn new(
         model: &Model,
         engine: Box<dyn Engine>,
@@ -170,21 +201,14 @@ impl Classifier {
                 width,
             });
         }
-        let slots = card
-            .inputs
-            .iter()
-            .map(|spec| Slot {
-                spec: spec.clone(),
-                preprocessor: Preprocessor::new(spec),
-                tensor: Vec::new(),
-                fed_tensor: false,
-            })
-            .collect();
+        let slots = slots(&card, model.origin())?;
+        let presence = vec![1.0; card.presence_inputs().len()];
         let decider = Decider::new(&card, opts.top_k, opts.threshold);
         Ok(Classifier {
             card,
             engine,
             slots,
+            presence,
             decoder: ImageFileDecoder::with_limits(limits),
             decider,
             logits: Vec::new(),
@@ -195,9 +219,10 @@ impl Classifier {
         &self.card.labels
     }
 
-    /// The card's inputs, in the order [`Self::classify`] takes their values.
-    pub fn inputs(&self) -> &[InputSpec] {
-        &self.card.inputs
+    /// The inputs [`Self::classify`] takes a value for, in that order: the card's, less the mask
+    /// input (which edge-kd fills).
+    pub fn inputs(&self) -> impl Iterator<Item = &InputSpec> {
+        self.card.value_inputs()
     }
 
     pub fn image_limits(&self) -> &ImageLimits {
@@ -208,32 +233,48 @@ impl Classifier {
         self.engine.kind()
     }
 
-    /// Classifies one frame given as one value per card input, in the card's order, and
-    /// times each stage.
+    /// Classifies one frame given as one value per input of [`Self::inputs`], in that order,
+    /// and times each stage.
     pub fn classify(&mut self, values: &[InputValue]) -> Result<(Decision, StageTimes), InputError> {
-        if values.len() != self.slots.len() {
-            return Err(InputError::ValueCount {
-                expected: self.slots.len(),
-                names: describe(&self.card.inputs),
-                got: values.len(),
-            });
+        let expected = self.slots.iter().filter(|s| matches!(s.role, Role::Value { .. })).count();
+        if values.len() != expected {
+            let names = describe(self.card.value_inputs());
+            return Err(InputError::ValueCount { expected, names, got: values.len() });
         }
         let t0 = Instant::now();
         // A one-input model's errors read as they always have; with several, each names its input.
         let named = self.slots.len() > 1;
-        for (slot, value) in self.slots.iter_mut().zip(values) {
-            feed(slot, &mut self.decoder, value).map_err(|error| {
+        let mut present = Present::default();
+        let mut values = values.iter();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Role::Value { presence } = slot.role else {
+                present = present.with(index);
+                continue;
+            };
+            let value = values.next().expect("one value per value input, counted above");
+            let here = feed(slot, &mut self.decoder, value).map_err(|error| {
                 if named {
                     InputError::OfInput { input: slot.spec.name.clone(), error }
                 } else {
                     InputError::Value(error)
                 }
             })?;
+            if here {
+                present = present.with(index);
+            }
+            if let Some(k) = presence {
+                self.presence[k] = if here { 1.0 } else { 0.0 };
+            }
+        }
+        for slot in &mut self.slots {
+            if let Role::Mask { optional } = &slot.role {
+                fill_mask(&mut slot.tensor, optional, present);
+            }
         }
         let t1 = Instant::now();
         self.run_engine()?;
         let t2 = Instant::now();
-        let decision = self.decider.decide(&self.logits)?;
+        let decision = self.decider.decide(&self.logits, present)?;
         let t3 = Instant::now();
         Ok((decision, StageTimes { preprocess: t1 - t0, engine: t2 - t1, decide: t3 - t2 }))
     }
@@ -257,11 +298,6 @@ impl Classifier {
         Ok(self.classify(&[InputValue::Frame(frame)])?.0)
     }
 
-    /// Like [`Self::classify_frame`], timing each stage (for `bench`).
-    pub fn classify_frame_timed(&mut self, frame: &Frame) -> Result<(Decision, StageTimes), InputError> {
-        self.classify(&[InputValue::Frame(frame)])
-    }
-
     /// Classifies a model-ready tensor. Its shape must be the input's, with or without
     /// the batch dimension of 1.
     pub fn classify_tensor(&mut self, shape: &[usize], data: &[f32]) -> Result<Decision, InputError> {
@@ -282,20 +318,69 @@ impl Classifier {
 
     fn run_engine(&mut self) -> Result<(), InputError> {
         // On the stack, so a frame allocates nothing here: a parsed card has at most
-        // MAX_INPUTS inputs and a card-less model one (were there more, the engine would
-        // refuse the short list rather than this index panic).
-        let mut tensors: [&[f32]; MAX_INPUTS] = [&[]; MAX_INPUTS];
-        for (tensor, slot) in tensors.iter_mut().zip(&self.slots) {
-            *tensor = slot.tensor();
+        // MAX_INPUTS inputs, each with at most one presence input, and a card-less model one
+        // (were there more, the engine would refuse the short list rather than this index panic).
+        let mut tensors: [&[f32]; 2 * MAX_INPUTS] = [&[]; 2 * MAX_INPUTS];
+        let fed = self.slots.iter().map(Slot::tensor).chain(self.presence.iter().map(std::slice::from_ref));
+        let mut count = 0;
+        for (tensor, value) in tensors.iter_mut().zip(fed) {
+            *tensor = value;
+            count += 1;
         }
-        self.engine.run(&tensors[..self.slots.len().min(MAX_INPUTS)], &mut self.logits)?;
+        self.engine.run(&tensors[..count], &mut self.logits)?;
         Ok(())
     }
 }
 
+/// A slot per card input, each knowing what fills it.
+fn slots(card: &Card, origin: &str) -> Result<Vec<Slot>, ClassifierError> {
+    let policy = card.missing_modality.as_ref().map(|m| m.policy);
+    let optional: Vec<usize> = card
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.optional && !card.is_mask(i))
+        .map(|(index, _)| index)
+        .collect();
+    let mut presence = 0..;
+    card.inputs
+        .iter()
+        .map(|spec| {
+            let role = if card.is_mask(spec) {
+                if spec.channels() != optional.len() {
+                    return Err(ClassifierError::MaskChannels {
+                        model: origin.into(),
+                        mask: spec.name.clone(),
+                        channels: spec.channels(),
+                        optional: optional.len(),
+                    });
+                }
+                Role::Mask { optional: optional.clone() }
+            } else {
+                let has_presence = policy.and_then(|p| spec.presence_input(p)).is_some();
+                Role::Value { presence: has_presence.then(|| presence.next().expect("an endless range")) }
+            };
+            // An input that can be missing or is filled here holds its tensor from the start, so
+            // that no frame allocates it.
+            let tensor = if spec.optional || matches!(role, Role::Mask { .. }) {
+                vec![0.0; spec.tensor_len()]
+            } else {
+                Vec::new()
+            };
+            Ok(Slot {
+                spec: spec.clone(),
+                preprocessor: Preprocessor::new(spec),
+                fed_tensor: matches!(role, Role::Mask { .. }),
+                tensor,
+                role,
+            })
+        })
+        .collect()
+}
+
 /// The input of a model that a caller with one value per frame can feed; a model with
 /// several inputs is refused here, the one place that assumption is made.
-pub fn single_input(model: &Model) -> Result<&InputSpec, ClassifierError> {
+fn single_input(model: &Model) -> Result<&InputSpec, ClassifierError> {
     match model.card.inputs.as_slice() {
         [input] => Ok(input),
         inputs => Err(ClassifierError::Multimodal {
@@ -306,17 +391,22 @@ pub fn single_input(model: &Model) -> Result<&InputSpec, ClassifierError> {
     }
 }
 
-/// Turns one value into the slot's tensor.
-fn feed(slot: &mut Slot, decoder: &mut ImageFileDecoder, value: &InputValue) -> Result<(), ValueError> {
+/// Turns one value into the slot's tensor; whether the input is present in this frame.
+fn feed(slot: &mut Slot, decoder: &mut ImageFileDecoder, value: &InputValue) -> Result<bool, ValueError> {
     slot.fed_tensor = false;
     match *value {
         InputValue::ImageFile(path) => {
-            slot.preprocessor.run(&decoder.decode_file(path)?)?;
+            let frame = decoder.decode_file(path)?;
+            check_colour(&slot.spec, &frame)?;
+            slot.preprocessor.run(&frame)?;
         }
         InputValue::Encoded(bytes) => {
-            slot.preprocessor.run(&decoder.decode_encoded(bytes)?)?;
+            let frame = decoder.decode_encoded(bytes)?;
+            check_colour(&slot.spec, &frame)?;
+            slot.preprocessor.run(&frame)?;
         }
         InputValue::Frame(frame) => {
+            check_colour(&slot.spec, frame)?;
             slot.preprocessor.run(frame)?;
         }
         InputValue::TensorFile(path) => {
@@ -332,15 +422,40 @@ fn feed(slot: &mut Slot, decoder: &mut ImageFileDecoder, value: &InputValue) -> 
             slot.tensor.extend_from_slice(data);
             slot.fed_tensor = true;
         }
-        InputValue::Absent => return Err(absent(&slot.spec)),
+        InputValue::Absent => {
+            if !slot.spec.optional {
+                return Err(ValueError::Absent { modality: slot.spec.modality.clone() });
+            }
+            // Zeros after normalisation, under either policy: what training fed a missing
+            // modality (its presence input, or the mask, says it is missing). The slot holds
+            // the tensor's length from the start, so this allocates nothing.
+            slot.tensor.clear();
+            slot.tensor.resize(slot.spec.tensor_len(), 0.0);
+            slot.fed_tensor = true;
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn check_colour(spec: &InputSpec, frame: &Frame) -> Result<(), ValueError> {
+    let colour = matches!(frame.format, PixelFormat::Rgb | PixelFormat::Rgba);
+    if colour && spec.color == Color::Gray && spec.modality != CAMERA {
+        return Err(ValueError::ColourForMeasurement {
+            modality: spec.modality.clone(),
+            format: frame.format,
+        });
     }
     Ok(())
 }
 
-/// The one place an absent value is answered. Filling it by the card's `missing_modality`
-/// policy (zero-fill, a mask input) is issue 14; until then the frame cannot be classified.
-fn absent(spec: &InputSpec) -> ValueError {
-    ValueError::Absent { modality: spec.modality.clone() }
+/// The mask input's tensor for a frame that had `present`: plane `c` all 1.0 where the input
+/// `optional[c]` is present, all 0.0 where it is missing.
+fn fill_mask(tensor: &mut [f32], optional: &[usize], present: Present) {
+    let plane = tensor.len() / optional.len().max(1);
+    for (values, &input) in tensor.chunks_mut(plane.max(1)).zip(optional) {
+        values.fill(if present.contains(input) { 1.0 } else { 0.0 });
+    }
 }
 
 fn check_tensor(spec: &InputSpec, shape: &[usize], data: &[f32]) -> Result<(), ValueError> {
@@ -359,7 +474,7 @@ fn check_tensor(spec: &InputSpec, shape: &[usize], data: &[f32]) -> Result<(), V
 }
 
 /// `image (camera), depth (depth)`, for messages about a model's inputs.
-fn describe(inputs: &[InputSpec]) -> String {
-    let names: Vec<String> = inputs.iter().map(|i| format!("{} ({})", i.name, i.modality)).collect();
+fn describe<'a>(inputs: impl IntoIterator<Item = &'a InputSpec>) -> String {
+    let names: Vec<String> = inputs.into_iter().map(|i| format!("{} ({})", i.name, i.modality)).collect();
     names.join(", ")
 }

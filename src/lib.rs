@@ -20,6 +20,7 @@ pub mod npy;
 pub mod onnx_meta;
 pub mod parity;
 pub mod preprocess;
+pub mod present;
 pub mod record;
 pub mod serve;
 pub mod sink;

@@ -1,13 +1,15 @@
 //! Proof that an engine answers like the reference: stored input tensors are run and
 //! the outputs compared with the stored reference outputs (PyTorch's or onnxruntime's).
+//! A reference sample holds a tensor for every tensor the engine is fed
+//! ([`engine::feeds`]): a one-input model's `input_K.npy`, or for a model fed several
+//! (presence inputs included) `input_K.NAME.npy` each; and `output_K.npy`.
 
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use thiserror::Error;
 
-use crate::classify::{self, ClassifierError};
-use crate::engine::{self, EngineKind, EngineOptions};
+use crate::engine::{self, EngineKind, EngineOptions, Feed};
 use crate::model::Model;
 use crate::npy::{self, NpyArray};
 
@@ -40,76 +42,127 @@ pub enum ParityError {
     Reference { path: PathBuf, message: String },
     #[error("{0}")]
     Engine(#[from] engine::EngineError),
-    #[error("{0}")]
-    Model(#[from] ClassifierError),
+    #[error(
+        "{model}: the model is fed {count} tensors ({names}), so a reference is a folder of \
+         input_K.NAME.npy (one per tensor) and output_K.npy, not IN.npy:OUT.npy"
+    )]
+    PairForSeveral { model: String, count: usize, names: String },
+}
+
+/// The files of one reference sample: a tensor per fed input, in [`engine::feeds`] order, and
+/// the output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleFiles {
+    pub inputs: Vec<PathBuf>,
+    pub output: PathBuf,
+}
+
+impl SampleFiles {
+    /// An `IN.npy:OUT.npy` pair, which can only feed a model fed one tensor.
+    pub fn pair(model: &Model, input: PathBuf, output: PathBuf) -> Result<SampleFiles, ParityError> {
+        let feeds = engine::feeds(&model.card);
+        if feeds.len() != 1 {
+            let names: Vec<&str> = feeds.iter().map(|f| f.name.as_str()).collect();
+            return Err(ParityError::PairForSeveral {
+                model: model.origin().into(),
+                count: feeds.len(),
+                names: names.join(", "),
+            });
+        }
+        Ok(SampleFiles { inputs: vec![input], output })
+    }
+}
+
+/// One loaded reference sample.
+struct Sample {
+    inputs: Vec<NpyArray>,
+    output_path: PathBuf,
+    output: NpyArray,
 }
 
 /// Reference input/output tensors, loaded once and checked in every engine.
 pub struct References {
-    pairs: Vec<(PathBuf, NpyArray, PathBuf, NpyArray)>,
+    samples: Vec<Sample>,
 }
 
 impl References {
-    /// The `input_N.npy` / `output_N.npy` pairs of a folder, N = 0, 1, … until one is missing.
-    pub fn pairs_in(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>, ParityError> {
-        let mut pairs = Vec::new();
-        for i in 0.. {
-            let (input, output) = (dir.join(format!("input_{i}.npy")), dir.join(format!("output_{i}.npy")));
-            if !input.is_file() {
+    /// The samples of a folder for `model`, K = 0, 1, … until one's first input is missing.
+    pub fn samples_in(dir: &Path, model: &Model) -> Result<Vec<SampleFiles>, ParityError> {
+        let feeds = engine::feeds(&model.card);
+        let file = |k: usize, feed: &Feed| match feeds.len() {
+            1 => dir.join(format!("input_{k}.npy")),
+            _ => dir.join(format!("input_{k}.{}.npy", feed.name)),
+        };
+        let mut samples = Vec::new();
+        for k in 0.. {
+            let inputs: Vec<PathBuf> = feeds.iter().map(|feed| file(k, feed)).collect();
+            if !inputs[0].is_file() {
                 break;
             }
-            if !output.is_file() {
+            let output = dir.join(format!("output_{k}.npy"));
+            if let Some(path) = inputs.iter().chain([&output]).find(|p| !p.is_file()) {
                 return Err(ParityError::Reference {
-                    path: output,
-                    message: "missing (its input is there)".into(),
+                    path: path.clone(),
+                    message: format!("missing (sample {k}'s {} is there)", inputs[0].display()),
                 });
             }
-            pairs.push((input, output));
+            samples.push(SampleFiles { inputs, output });
         }
-        if pairs.is_empty() {
+        if samples.is_empty() {
             return Err(ParityError::Reference {
                 path: dir.to_owned(),
-                message: "no input_0.npy/output_0.npy pairs".into(),
+                message: format!(
+                    "no reference samples (expected {} and output_0.npy)",
+                    file(0, &feeds[0])
+                        .file_name()
+                        .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+                ),
             });
         }
-        Ok(pairs)
+        Ok(samples)
     }
 
-    pub fn load(pairs: &[(PathBuf, PathBuf)], model: &Model) -> Result<References, ParityError> {
+    pub fn load(samples: &[SampleFiles], model: &Model) -> Result<References, ParityError> {
         let read = |p: &Path, max: usize| {
             npy::read_f32(p, max)
                 .map_err(|e| ParityError::Reference { path: p.to_owned(), message: e.to_string() })
         };
-        // A pair holds one input tensor, as the exporter writes them.
-        let spec = classify::single_input(model)?;
+        let feeds = engine::feeds(&model.card);
         let mut loaded = Vec::new();
-        for (input_path, output_path) in pairs {
-            let input = read(input_path, spec.tensor_len())?;
-            if input.data.len() != spec.tensor_len() {
-                return Err(ParityError::Reference {
-                    path: input_path.clone(),
-                    message: format!("shape {:?} does not fit the model input {:?}", input.shape, spec.shape),
-                });
+        for sample in samples {
+            let mut inputs = Vec::with_capacity(feeds.len());
+            for (path, feed) in sample.inputs.iter().zip(&feeds) {
+                let len = feed.shape.iter().product();
+                let input = read(path, len)?;
+                if input.data.len() != len {
+                    return Err(ParityError::Reference {
+                        path: path.clone(),
+                        message: format!(
+                            "shape {:?} does not fit the model input {:?} {:?}",
+                            input.shape, feed.name, feed.shape
+                        ),
+                    });
+                }
+                inputs.push(input);
             }
-            loaded.push((
-                input_path.clone(),
-                input,
-                output_path.clone(),
-                read(output_path, MAX_OUTPUT_VALUES)?,
-            ));
+            loaded.push(Sample {
+                inputs,
+                output_path: sample.output.clone(),
+                output: read(&sample.output, MAX_OUTPUT_VALUES)?,
+            });
         }
-        Ok(References { pairs: loaded })
+        Ok(References { samples: loaded })
     }
 
     pub fn len(&self) -> usize {
-        self.pairs.len()
+        self.samples.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.samples.is_empty()
     }
 
-    /// The largest absolute difference over all pairs in one engine (NaN counts as ∞).
+    /// The largest absolute difference over all samples in one engine (NaN counts as ∞).
     pub fn max_abs_diff(
         &self,
         model: &Model,
@@ -120,8 +173,9 @@ impl References {
         let mut engine = engine::open(model, &opts)?;
         let mut out = Vec::new();
         let mut worst = 0.0f32;
-        for (_, input, output_path, expected) in &self.pairs {
-            engine.run(&[&input.data], &mut out)?;
+        for Sample { inputs, output_path, output: expected } in &self.samples {
+            let tensors: Vec<&[f32]> = inputs.iter().map(|i| i.data.as_slice()).collect();
+            engine.run(&tensors, &mut out)?;
             if out.len() != expected.data.len() {
                 return Err(ParityError::Reference {
                     path: output_path.clone(),

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::classify::Outcome;
-use crate::decide::Verdict;
+use crate::decide::{CalibrationUsed, Verdict};
 use crate::source::{Member, Sample};
 
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +24,10 @@ pub enum ResultBody {
         confidence: f32,
         threshold: Option<f32>,
         verdict: Verdict,
+        /// Why the verdict is review whatever the confidence: only for a frame whose inputs
+        /// the calibrated card has no calibration for.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
         top: Vec<TopLabel>,
         latency_us: u64,
         engine: &'static str,
@@ -42,6 +46,10 @@ impl ResultBody {
             confidence: d.confidence,
             threshold: d.threshold,
             verdict: d.verdict,
+            reason: (d.calibration == CalibrationUsed::NoneForPresent).then(|| {
+                "the card has no calibration for frames with only these inputs (subset), so a person decides"
+                    .to_string()
+            }),
             top: d.top.iter().map(|&(i, p)| TopLabel { label: labels[i].clone(), p }).collect(),
             latency_us: u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX),
             engine,
@@ -82,6 +90,10 @@ pub struct SampleFields {
     /// Each input's file, `null` where the sample has none.
     pub files: ByInput<Option<String>>,
     pub modalities: ByInput<Presence>,
+    /// The inputs the decided sample had, joined by `+` in card order (`"rgb+height"`): the set
+    /// its calibration was looked up by ([`crate::card::Card::subset_name`]). Not on error lines.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
     /// A manifest's label for the sample, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected: Option<String>,
@@ -97,6 +109,7 @@ impl SampleFields {
         SampleFields {
             files: ByInput(files.collect()),
             modalities: ByInput(sample.members.iter().map(|m| (m.input.clone(), presence(m))).collect()),
+            subset: None,
             expected: sample.expected.clone(),
         }
     }

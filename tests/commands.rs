@@ -148,29 +148,168 @@ fn help_has_examples() {
     }
 }
 
-/// `run` takes such a model with `--input NAME=PATH` (tests/run_multi_input.rs); these two
-/// still feed one value per frame.
 #[test]
-fn bench_and_parity_refuse_a_two_input_model_naming_its_inputs() {
-    let model = fixture("models/two_input.onnx");
-    let named = "two_input.onnx: the model has 2 inputs (image (camera), depth (depth))";
+fn card_shows_every_input_the_missing_modality_policy_and_each_calibration_subset() {
+    edge_kd().arg("card").arg(fixture("models/learned_token.onnx")).assert().success().stdout(
+        predicate::str::contains("input        rgb [1, 3, 16, 16] NCHW rgb")
+            .and(predicate::str::contains("input        height [1, 1, 16, 16] NCHW gray"))
+            .and(predicate::str::contains("modality height (optional)"))
+            .and(predicate::str::contains(
+                "missing      optional height; learned-token: a missing input is zeros",
+            ))
+            .and(predicate::str::contains("presence inputs height_present [1]"))
+            .and(predicate::str::contains("calibration  rgb+height: temperature 1.5000"))
+            .and(predicate::str::contains("thresholds   ok 0.5000; scratch 0.5000; dent 0.9500"))
+            .and(predicate::str::contains("subset       rgb: temperature 3.0000"))
+            .and(predicate::str::contains("thresholds   ok 0.4000; scratch 0.4000; dent 0.4000"))
+            .and(predicate::str::contains("note         fixture: rgb only"))
+            .and(predicate::str::contains(
+                "otherwise    a frame with any other set of inputs has no calibration",
+            )),
+    );
+    edge_kd().arg("card").arg(fixture("models/masked.onnx")).assert().success().stdout(
+        predicate::str::contains("depth_mask [1, 1, 12, 20]")
+            .and(predicate::str::contains("modality mask (the mask: edge-kd fills it)"))
+            .and(predicate::str::contains(
+                "optional depth; zero-fill: a missing input is zeros; mask input depth_mask",
+            )),
+    );
+    // One-input cards print no policy line: nothing can be missing.
     edge_kd()
-        .args(["bench", "--engine", "tract", "--iters", "1", "--model"])
-        .arg(&model)
+        .arg("card")
+        .arg(fixture("models/gray28.onnx"))
         .assert()
-        .code(3)
-        .stderr(predicate::str::contains(named));
+        .success()
+        .stdout(predicate::str::contains("missing").not().and(predicate::str::contains("subset").not()));
+}
+
+#[test]
+fn bench_measures_a_model_with_optional_inputs_per_set_of_inputs_present() {
+    let output = edge_kd()
+        .args(["bench", "--engine", "tract,ort", "--threads", "1", "--iters", "5", "--warmup", "1", "--json"])
+        .arg("--model")
+        .arg(fixture("models/learned_token.onnx"))
+        .arg("--input")
+        .arg(format!("height={}", fixture("images/gray16_20x20.png").display()))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let configs: Vec<(&str, &str)> =
+        rows.iter().map(|r| (r["engine"].as_str().unwrap(), r["subset"].as_str().unwrap())).collect();
+    assert_eq!(configs, [("tract", "rgb+height"), ("tract", "rgb"), ("ort", "rgb+height"), ("ort", "rgb")]);
+    for row in rows {
+        assert!(row["error"].is_null(), "{row}");
+        for stage in ["engine_only", "pipeline"] {
+            assert!(row[stage]["p50_us"].as_f64().unwrap() > 0.0, "{stage}: {row}");
+        }
+    }
+    assert!(report.get("input_shape").is_none());
+    let inputs: Vec<(&str, &str)> = report["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap(), i["frame"].as_str().unwrap()))
+        .collect();
+    assert_eq!(inputs[0], ("rgb", "synthetic 16x16"));
+    assert_eq!(inputs[1].0, "height");
+    assert!(inputs[1].1.ends_with("gray16_20x20.png (20x20)"), "a 16-bit height map is a frame: {inputs:?}");
+
+    // Every input required: one row per configuration. The table gets an inputs column.
+    edge_kd()
+        .args(["bench", "--engine", "tract", "--threads", "1", "--iters", "3", "--warmup", "0", "--model"])
+        .arg(fixture("models/two_input.onnx"))
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("| engine | threads | inputs | stage |")
+                .and(predicate::str::contains("| tract | 1 | image+depth | pipeline |"))
+                .and(predicate::str::contains("| tract | 1 | image+depth | engine |")),
+        );
+    // A card with an optional input but no calibration subset: the required inputs alone too.
+    edge_kd()
+        .args(["bench", "--engine", "tract", "--threads", "1", "--iters", "3", "--warmup", "0", "--model"])
+        .arg(fixture("models/masked.onnx"))
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("| tract | 1 | image+depth+depth_mask | pipeline |")
+                .and(predicate::str::contains("| tract | 1 | image+depth_mask | pipeline |")),
+        );
+    // Names are checked; a one-input model's --input is a path.
+    edge_kd()
+        .args(["bench", "--iters", "1", "--model"])
+        .arg(fixture("models/learned_token.onnx"))
+        .args(["--input", "depth=x.png"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("the model has no input \"depth\"; its inputs are rgb, height"));
+    edge_kd()
+        .args(["bench", "--iters", "1", "--model"])
+        .arg(fixture("models/learned_token.onnx"))
+        .args(["--input", "x.png"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("the model has 2 inputs (rgb, height): give NAME=PATH"));
+}
+
+#[test]
+fn parity_checks_every_tensor_a_multi_input_model_is_fed_and_fails_on_a_wrong_reference() {
+    let model = fixture("models/learned_token.onnx");
+    let reference = fixture("models/learned_token.reference");
+    edge_kd().args(["parity", "--model"]).arg(&model).arg(&reference).assert().success().stdout(
+        predicate::str::is_match(r"tract\s+ok .* over 4 samples")
+            .unwrap()
+            .and(predicate::str::is_match(r"ort\s+ok .* over 4 samples").unwrap()),
+    );
+    // Graph inputs declared in another order are bound by name, in both engines.
+    edge_kd()
+        .args(["parity", "--model"])
+        .arg(fixture("models/learned_token.reordered.onnx"))
+        .arg(&reference)
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::is_match(r"tract\s+ok")
+                .unwrap()
+                .and(predicate::str::is_match(r"ort\s+ok").unwrap()),
+        );
+    // Sample 1 (height missing) given sample 0's output: the engines must disagree with it.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&reference).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(reference.join("output_0.npy"), dir.path().join("output_1.npy")).unwrap();
+    edge_kd().args(["parity", "--model"]).arg(&model).arg(dir.path()).assert().code(3).stdout(
+        predicate::str::is_match(r"tract\s+FAIL")
+            .unwrap()
+            .and(predicate::str::is_match(r"ort\s+FAIL").unwrap()),
+    );
+    // A presence input missing from a sample is named.
+    std::fs::remove_file(dir.path().join("input_2.height_present.npy")).unwrap();
+    edge_kd()
+        .args(["parity", "--model"])
+        .arg(&model)
+        .arg(dir.path())
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("input_2.height_present.npy: missing"));
+    // A pair feeds one tensor: not this model.
     edge_kd()
         .args(["parity", "--model"])
         .arg(&model)
         .arg(format!(
             "{}:{}",
-            fixture("models/two_input.image.npy").display(),
-            fixture("models/two_input.output.npy").display()
+            reference.join("input_0.rgb.npy").display(),
+            reference.join("output_0.npy").display()
         ))
         .assert()
-        .code(3)
-        .stderr(predicate::str::contains(named));
+        .code(2)
+        .stderr(predicate::str::contains(
+            "the model is fed 3 tensors (rgb, height, height_present), so a reference is a folder",
+        ));
 }
 
 #[test]

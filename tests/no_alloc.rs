@@ -1,11 +1,15 @@
 //! A warm preprocessor allocates nothing per frame: every buffer it owns, and the resampler's
 //! filter coefficients (kept by edge-kd's copy of fast_image_resize, deploy/fast_image_resize),
-//! are made on the first frame of a given size and format and reused after.
+//! are made on the first frame of a given size and format and reused after. Filling a missing
+//! input and picking the calibration of the inputs present allocate nothing either.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use edge_kd::model::Model;
+use edge_kd::classify::{Classifier, DecideOptions, InputValue};
+use edge_kd::engine::{Engine, EngineError, EngineKind};
+use edge_kd::model::{CardlessOptions, Model};
+use edge_kd::preprocess::decode::ImageLimits;
 use edge_kd::preprocess::{Frame, PixelFormat, Preprocessor, Samples};
 
 struct Counting;
@@ -107,4 +111,54 @@ fn frames_of_two_sizes_in_turn_allocate_nothing_once_both_were_seen() {
     }
     let spent = (ALLOCATIONS.with(Cell::get) - count, LIVE_BYTES.with(Cell::get) - live);
     assert_eq!(spent, (0, 0), "allocations, bytes of 10 warm frames of two sizes in turn");
+}
+
+/// An engine that computes nothing, so that what is counted is the classifier around it.
+struct Fixed;
+
+impl Engine for Fixed {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Tract
+    }
+    fn output_len(&self) -> usize {
+        3
+    }
+    fn run(&mut self, _inputs: &[&[f32]], out: &mut Vec<f32>) -> Result<(), EngineError> {
+        out.clear();
+        out.extend_from_slice(&[0.5, 0.25, 0.125]);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_missing_optional_input_and_its_calibration_cost_a_warm_frame_nothing() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/learned_token.onnx");
+    let model = Model::open(&path, &CardlessOptions::default()).unwrap();
+    let mut classifier =
+        Classifier::multimodal(&model, Box::new(Fixed), DecideOptions::default(), ImageLimits::default())
+            .unwrap();
+    let (rgb, height) = (&model.card.inputs[0], &model.card.inputs[1]);
+    let rgb = vec![0.5f32; rgb.tensor_len()];
+    let height = vec![0.5f32; height.tensor_len()];
+    let (rgb_shape, height_shape) = (model.card.inputs[0].shape.clone(), model.card.inputs[1].shape.clone());
+    let both = [
+        InputValue::Tensor { shape: &rgb_shape, data: &rgb },
+        InputValue::Tensor { shape: &height_shape, data: &height },
+    ];
+    let rgb_only = [InputValue::Tensor { shape: &rgb_shape, data: &rgb }, InputValue::Absent];
+    let mut frames = |values: &[InputValue], n: usize| {
+        classifier.classify(values).unwrap();
+        let (count, live) = (ALLOCATIONS.with(Cell::get), LIVE_BYTES.with(Cell::get));
+        for _ in 0..n {
+            let (decision, _) = classifier.classify(values).unwrap();
+            assert!(decision.top.len() == 3);
+        }
+        (ALLOCATIONS.with(Cell::get) - count, LIVE_BYTES.with(Cell::get) - live)
+    };
+    let present = frames(&both, 10);
+    let missing = frames(&rgb_only, 10);
+    // Each decision's top-k list is its one allocation, freed with it.
+    assert_eq!(present, (10, 0), "allocations, bytes per 10 warm frames with every input");
+    assert_eq!(missing, present, "allocations, bytes per 10 warm frames with the height map missing");
 }

@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
+use anyhow::anyhow;
 use edge_kd::bench::{self, BenchError, BenchEvent, BenchOptions};
 use edge_kd::engine::{self, EngineKind};
+use edge_kd::model::Model;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::ModelArgs;
@@ -14,10 +16,14 @@ use crate::{Failure, exit};
 #[command(after_help = "Examples:\n  \
     edge-kd bench                                   the default student, every engine found\n  \
     edge-kd bench --model mobilenet.onnx --engine tract,ort --threads 1,2 --iters 500\n  \
-    edge-kd bench --input frame.jpg --json > bench-$(hostname).json\n\n\
+    edge-kd bench --input frame.jpg --json > bench-$(hostname).json\n  \
+    edge-kd bench --model rgb_height.onnx --input rgb=cam.png --input height=height.png\n\n\
     'engine' times the engine alone on a ready tensor; 'pipeline' times preprocess + engine +\n\
     decide from a decoded frame (file decoding excluded, as for camera frames). 'overhead' is\n\
     the median preprocess + decide time and its share of the engine's median in that loop.\n\
+    A model with several inputs gets a frame per input (synthetic unless --input NAME=PATH names\n\
+    one), and with optional inputs a row per set of inputs present: all, then each set the card\n\
+    calibrates (or, if it calibrates none, the required inputs alone).\n\
     Only the binary and the model are needed; ONNX Runtime is used where its library is found.")]
 pub struct Args {
     #[command(flatten)]
@@ -34,9 +40,10 @@ pub struct Args {
     /// Untimed iterations before measuring.
     #[arg(long, default_value_t = 20)]
     warmup: u32,
-    /// Image to use as the frame [default: a synthetic frame of the input's size].
-    #[arg(long, value_name = "IMAGE")]
-    input: Option<PathBuf>,
+    /// Image to use as the frame [default: a synthetic frame of the input's size]; for a model
+    /// with several inputs NAME=PATH, once per input that should not be synthetic.
+    #[arg(long, value_name = "IMAGE|NAME=PATH")]
+    input: Vec<String>,
     /// Print the report as JSON instead of a Markdown table.
     #[arg(long)]
     json: bool,
@@ -53,7 +60,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
         threads: args.threads.iter().map(|&t| usize::from(t)).collect(),
         iters: args.iters as usize,
         warmup: args.warmup as usize,
-        frame: args.input.clone(),
+        frames: frames(&model, &args.input)?,
         ort_library: args.model.ort_lib.clone(),
     };
     let bar = ProgressBar::new(0);
@@ -74,7 +81,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
         }
     })
     .map_err(|e| match e {
-        BenchError::Frame { .. } | BenchError::SixteenBitFrame { .. } => Failure::usage(e),
+        BenchError::Frame { .. } | BenchError::UnknownInput { .. } => Failure::usage(e),
         _ => Failure::model(e),
     })?;
     bar.finish_and_clear();
@@ -91,4 +98,32 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     } else {
         exit::OK
     })
+}
+
+/// The `--input` values as (input name, path): a one-input model's one IMAGE, or a NAME=PATH per
+/// named input of a model with several.
+fn frames(model: &Model, given: &[String]) -> Result<Vec<(String, PathBuf)>, Failure> {
+    let inputs: Vec<&str> = model.card.value_inputs().map(|i| i.name.as_str()).collect();
+    if let [only] = inputs.as_slice() {
+        return match given {
+            [] => Ok(Vec::new()),
+            [path] => Ok(vec![(only.to_string(), PathBuf::from(path))]),
+            _ => Err(Failure::usage(anyhow!("the model has one input: give at most one --input IMAGE"))),
+        };
+    }
+    let mut frames: Vec<(String, PathBuf)> = Vec::new();
+    for value in given {
+        let Some((name, path)) = value.split_once('=').filter(|(n, p)| !n.is_empty() && !p.is_empty()) else {
+            return Err(Failure::usage(anyhow!(
+                "--input {value:?}: the model has {} inputs ({}): give NAME=PATH",
+                inputs.len(),
+                inputs.join(", ")
+            )));
+        };
+        if frames.iter().any(|(earlier, _)| earlier == name) {
+            return Err(Failure::usage(anyhow!("--input {name}=...: given twice")));
+        }
+        frames.push((name.to_string(), PathBuf::from(path)));
+    }
+    Ok(frames)
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use edge_kd::card::Card;
+use edge_kd::card::{Card, Ece, MissingPolicy, Target};
 use edge_kd::model::{CardlessOptions, Model};
 
 use crate::{Failure, exit};
@@ -62,9 +62,18 @@ fn describe(model: &Model) -> String {
                 input.mean,
                 input.std,
                 input.modality,
-                if input.optional { " (optional)" } else { "" }
+                if card.is_mask(input) {
+                    " (the mask: edge-kd fills it)"
+                } else if input.optional {
+                    " (optional)"
+                } else {
+                    ""
+                }
             ),
         );
+    }
+    if let Some(text) = missing_modality(card) {
+        line("missing", text);
     }
     for output in &model.info.outputs {
         let role = if output.name == card.output { " (logits)" } else { "" };
@@ -92,31 +101,29 @@ fn describe(model: &Model) -> String {
                 .into(),
         ),
         Some(cal) => {
-            let mut text = format!("temperature {:.4}", cal.temperature);
-            if let Some(ece) = &cal.ece {
-                text.push_str(&format!("; ECE {:.4} before, {:.4} after", ece.before, ece.after));
-            }
-            if let Some(t) = &cal.target {
-                text.push_str(&format!(
-                    "; target ≤ {:.2} % error among accepted",
-                    100.0 * t.max_error_among_accepted
-                ));
-                if let Some(c) = t.coverage_on_calibration_set {
-                    text.push_str(&format!(", coverage {:.1} % on the calibration split", 100.0 * c));
-                }
+            let optional = card.value_inputs().any(|i| i.optional);
+            let mut text = calibration(cal.temperature, cal.ece.as_ref(), cal.target.as_ref());
+            if optional {
+                let all: Vec<&str> = card.inputs.iter().map(|i| i.name.as_str()).collect();
+                text = format!("{}: {text}", card.subset_name(&all));
             }
             line("calibration", text);
-            let thresholds: Vec<String> = card
-                .labels
-                .iter()
-                .zip(card.thresholds())
-                .map(|(l, t)| {
-                    format!("{l} {}", t.map_or("none (always review)".into(), |t| format!("{t:.4}")))
-                })
-                .collect();
-            line("thresholds", thresholds.join("; "));
+            line("thresholds", thresholds(&card.labels, &card.thresholds()));
             for note in &cal.notes {
                 line("note", note.clone());
+            }
+            for subset in &cal.subsets {
+                let present: Vec<&str> = subset.present.iter().map(String::as_str).collect();
+                let text = calibration(subset.temperature, subset.ece.as_ref(), subset.target.as_ref());
+                line("subset", format!("{}: {text}", card.subset_name(&present)));
+                let of_subset = card.calibration_for(&present).map(|c| c.thresholds(&card.labels));
+                line("thresholds", thresholds(&card.labels, &of_subset.unwrap_or_default()));
+                for note in &subset.notes {
+                    line("note", note.clone());
+                }
+            }
+            if optional {
+                line("otherwise", "a frame with any other set of inputs has no calibration: review".into());
             }
         }
     }
@@ -147,4 +154,65 @@ fn describe(model: &Model) -> String {
     }
     out.push_str(&s);
     out
+}
+
+/// A temperature, ECE and error target, the top level's or a subset's.
+fn calibration(temperature: f32, ece: Option<&Ece>, target: Option<&Target>) -> String {
+    let mut text = format!("temperature {temperature:.4}");
+    if let Some(ece) = ece {
+        text.push_str(&format!("; ECE {:.4} before, {:.4} after", ece.before, ece.after));
+    }
+    if let Some(t) = target {
+        text.push_str(&format!(
+            "; target ≤ {:.2} % error among accepted",
+            100.0 * t.max_error_among_accepted
+        ));
+        if let Some(c) = t.coverage_on_calibration_set {
+            text.push_str(&format!(", coverage {:.1} % on the calibration split", 100.0 * c));
+        }
+    }
+    text
+}
+
+fn thresholds(labels: &[String], thresholds: &[Option<f32>]) -> String {
+    let each: Vec<String> = labels
+        .iter()
+        .zip(thresholds)
+        .map(|(l, t)| format!("{l} {}", t.map_or("none (always review)".into(), |t| format!("{t:.4}"))))
+        .collect();
+    each.join("; ")
+}
+
+/// What the runtime feeds for a missing optional input, for a card that has one or feeds
+/// more than its inputs.
+fn missing_modality(card: &Card) -> Option<String> {
+    let optional: Vec<&str> = card.value_inputs().filter(|i| i.optional).map(|i| i.name.as_str()).collect();
+    let policy = card.missing_modality.as_ref().map(|m| m.policy);
+    if optional.is_empty() && policy != Some(MissingPolicy::LearnedToken) && card.mask_input().is_none() {
+        return None;
+    }
+    let optional = if optional.is_empty() { "none".to_string() } else { optional.join(", ") };
+    let text = match (policy.unwrap_or(MissingPolicy::ZeroFill), card.mask_input()) {
+        (MissingPolicy::LearnedToken, _) => {
+            let presence: Vec<String> = card
+                .inputs
+                .iter()
+                .filter_map(|i| {
+                    Some(format!("{} [{}]", i.presence_input(MissingPolicy::LearnedToken)?, i.shape[0]))
+                })
+                .collect();
+            format!(
+                "learned-token: a missing input is zeros and its presence input 0 (1 when present); \
+                 presence inputs {}",
+                presence.join(", ")
+            )
+        }
+        (MissingPolicy::ZeroFill, Some(mask)) => format!(
+            "zero-fill: a missing input is zeros; mask input {} (edge-kd fills it: a channel per \
+             optional input, 1 present, 0 missing)",
+            mask.name
+        ),
+        (MissingPolicy::ZeroFill, None) => "zero-fill: a missing input is zeros".to_string(),
+    };
+    Some(format!("optional {optional}; {text}"))
 }

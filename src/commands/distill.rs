@@ -145,8 +145,8 @@ pub fn run(args: Args) -> Result<u8, Failure> {
 /// Prints what was made and checks the exported student in every engine.
 fn report(s: &Summary, out: &std::path::Path, ort_lib: Option<&std::path::Path>) -> Result<bool, Failure> {
     let model = Model::open(&s.onnx, &CardlessOptions::default()).map_err(Failure::model)?;
-    let pairs = References::pairs_in(&s.reference_dir).map_err(Failure::model)?;
-    let references = References::load(&pairs, &model).map_err(Failure::model)?;
+    let samples = References::samples_in(&s.reference_dir, &model).map_err(Failure::model)?;
+    let references = References::load(&samples, &model).map_err(Failure::model)?;
     let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.2} %", 100.0 * v));
     let params = |p: Option<u64>| p.map_or("?".to_string(), |p| format!("{:.1}k", p as f64 / 1e3));
     println!("distilled {} ({} bytes)", s.onnx.display(), s.onnx_bytes.unwrap_or(0));

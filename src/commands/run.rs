@@ -5,13 +5,13 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use edge_kd::card::Card;
 use edge_kd::classify::{Classifier, DecideOptions, InputValue, Outcome};
 use edge_kd::decide::Verdict;
 use edge_kd::engine::{self, EngineKind, EngineOptions};
-use edge_kd::model::Model;
 use edge_kd::preprocess::decode::ImageLimits;
-use edge_kd::record::{FileResult, ResultBody, SampleFields};
-use edge_kd::source::{self, InputItem, InputKind, Sample, manifest, pairing};
+use edge_kd::record::{FileResult, Presence, ResultBody, SampleFields};
+use edge_kd::source::{self, InputItem, InputKind, Sample, SampleInput, manifest, pairing};
 
 use super::ModelArgs;
 use crate::{Failure, exit};
@@ -34,17 +34,22 @@ pub enum Format {
     edge-kd run --max-pixels 50000000 --max-decode-bytes 600000000 big-scans/\n  \
     edge-kd run --model two_input.onnx --input image=cam.png --input depth=depth.png\n  \
     edge-kd run --model two_input.onnx --input image=frames/ --input depth=depths/\n  \
-    edge-kd run --model two_input.onnx --manifest set/samples.csv\n\n\
+    edge-kd run --model two_input.onnx --manifest set/samples.csv\n  \
+    edge-kd run --model rgb_height.onnx --input rgb=cam.png        (height optional: missing)\n\n\
     A .npy input (float32, the model's input shape) is fed to the model without preprocessing.\n\
     JSONL keys: file, label, class_index, confidence, threshold, verdict, top, latency_us, engine;\n\
     a failed input is {\"file\", \"error\"}. A sample of a model with several inputs adds\n\
-    files and modalities (and expected, a manifest's label); its file is the sample's id.")]
+    files, modalities, subset (the inputs it had: rgb+height) and expected (a manifest's\n\
+    label); its file is the sample's id. An optional input may be missing (left out of --input,\n\
+    no partner in its folder, an empty manifest cell): the card's missing_modality fills it and\n\
+    the calibration of the inputs present decides (none: review, with a reason).")]
 pub struct Args {
     /// Image files, folders (walked recursively) or .npy tensors, for a model with one input.
     #[arg(value_name = "INPUT", required_unless_present_any = ["input", "manifest"], conflicts_with_all = ["input", "manifest"])]
     inputs: Vec<PathBuf>,
-    /// One per card input of a model with several: every PATH a file (one sample), or every
-    /// PATH a folder (their files paired by stem: frames/a.png with depth/a.png).
+    /// One per card input of a model with several (an optional one may be left out): every PATH
+    /// a file (one sample), or every PATH a folder (their files paired by stem: frames/a.png with
+    /// depth/a.png).
     #[arg(long, value_name = "NAME=PATH", value_parser = named_path, conflicts_with = "manifest")]
     input: Vec<(String, PathBuf)>,
     /// Samples of a model with several inputs: a CSV with header id,label,<input>..., one row
@@ -124,7 +129,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     };
     let engine = engine::open(&model, &opts).map_err(Failure::model)?;
     let decide = DecideOptions { top_k: usize::from(args.top_k), threshold: args.threshold };
-    let jobs = jobs(&args, &model)?;
+    let jobs = jobs(&args, &model.card, model.origin())?;
     let mut classifier =
         Classifier::multimodal(&model, engine, decide, args.limits.limits()).map_err(Failure::model)?;
     if model.card.calibration.is_none() && args.threshold.is_none() {
@@ -138,7 +143,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
         args.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Jsonl });
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut printer = Printer::new(format, &jobs);
+    let mut printer = Printer::new(format, &jobs, &model.card);
     printer.header(&mut out).map_err(write_failed)?;
 
     let mut summary = Summary::default();
@@ -148,17 +153,23 @@ pub fn run(args: Args) -> Result<u8, Failure> {
             Ok(files) => {
                 let values: Vec<InputValue> = files
                     .iter()
-                    .map(|(path, kind)| match kind {
-                        InputKind::Image => InputValue::ImageFile(path),
-                        InputKind::Tensor => InputValue::TensorFile(path),
+                    .map(|file| match file {
+                        None => InputValue::Absent,
+                        Some((path, InputKind::Image)) => InputValue::ImageFile(path),
+                        Some((path, InputKind::Tensor)) => InputValue::TensorFile(path),
                     })
                     .collect();
                 classifier.classify_timed(&values).map_err(|e| e.to_string())
             }
         };
+        let mut sample = job.sample.clone();
         let body = match result {
             Ok(outcome) => {
                 summary.add(&outcome);
+                if let Some(fields) = &mut sample {
+                    let present = outcome.decision.present.names(&model.card);
+                    fields.subset = Some(model.card.subset_name(&present));
+                }
                 ResultBody::decided(&outcome, classifier.labels(), classifier.engine_kind().as_str())
             }
             Err(error) => {
@@ -166,7 +177,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
                 ResultBody::Failed { error }
             }
         };
-        let line = FileResult { file: &job.file, sample: job.sample.as_ref(), body: &body };
+        let line = FileResult { file: &job.file, sample: sample.as_ref(), body: &body };
         printer.result(&mut out, &line).map_err(write_failed)?;
         // A daemon or pipe reading us sees each result as it is made.
         out.flush().map_err(write_failed)?;
@@ -180,34 +191,38 @@ pub fn run(args: Args) -> Result<u8, Failure> {
 struct Job {
     file: String,
     sample: Option<SampleFields>,
-    /// One file per card input, in the card's order, or why the line is an error.
-    files: Result<Vec<(PathBuf, InputKind)>, String>,
+    /// One file per input a frame gives a value for, in the card's order (`None`: a missing
+    /// optional input), or why the line is an error.
+    files: Result<Vec<Option<(PathBuf, InputKind)>>, String>,
 }
 
 impl Job {
     fn of_item(item: InputItem) -> Job {
-        let files = item.kind.map(|kind| vec![(item.path.clone(), kind)]);
+        let files = item.kind.map(|kind| vec![Some((item.path.clone(), kind))]);
         Job { file: item.path.display().to_string(), sample: None, files }
     }
 
-    fn of_sample(sample: Sample) -> Job {
-        let missing = sample.missing();
+    fn of_sample(sample: Sample, inputs: &[SampleInput]) -> Job {
+        let optional = |name: &str| inputs.iter().any(|i| i.name == name && i.optional);
+        let required: Vec<&str> = sample.missing().into_iter().filter(|name| !optional(name)).collect();
         let files = if let Some((input, path, error)) = sample.members.iter().find_map(|m| {
             let item = m.item.as_ref()?;
             item.kind.as_ref().err().map(|e| (&m.input, &item.path, e))
         }) {
             Err(format!("input {input:?}: {}: {error}", path.display()))
-        } else if !missing.is_empty() {
+        } else if !required.is_empty() {
             Err(format!(
-                "no file for input {} in this sample; every input of this model is required",
-                missing.join(", ")
+                "no file for input {} in this sample, and the card does not make it optional",
+                required.join(", ")
             ))
         } else {
             Ok(sample
                 .members
                 .iter()
-                .filter_map(|m| m.item.as_ref())
-                .filter_map(|item| item.kind.as_ref().ok().map(|&kind| (item.path.clone(), kind)))
+                .map(|m| {
+                    let item = m.item.as_ref()?;
+                    item.kind.as_ref().ok().map(|&kind| (item.path.clone(), kind))
+                })
                 .collect())
         };
         Job { sample: Some(SampleFields::of(&sample)), file: sample.id, files }
@@ -216,18 +231,19 @@ impl Job {
 
 /// The lines to produce: one per positional input for a one-input model, one per sample when
 /// inputs are named (`--input`, `--manifest`). A wrong form is refused before any line.
-fn jobs(args: &Args, model: &Model) -> Result<Vec<Job>, Failure> {
-    let names: Vec<String> = model.card.inputs.iter().map(|i| i.name.clone()).collect();
+fn jobs(args: &Args, card: &Card, origin: &str) -> Result<Vec<Job>, Failure> {
+    let inputs: Vec<SampleInput> =
+        card.value_inputs().map(|i| SampleInput { name: i.name.clone(), optional: i.optional }).collect();
+    let names: Vec<String> = inputs.iter().map(|i| i.name.clone()).collect();
     let samples = if let Some(path) = &args.manifest {
         manifest::read(path, &names).map_err(Failure::usage)?
     } else if !args.input.is_empty() {
-        pairing::pair(&names, &args.input).map_err(Failure::usage)?
+        pairing::pair(&inputs, &args.input).map_err(Failure::usage)?
     } else if names.len() > 1 {
         let example: Vec<String> = names.iter().map(|n| format!("--input {n}=PATH")).collect();
         return Err(Failure::usage(anyhow::anyhow!(
-            "{}: the model has {} inputs ({}), so INPUT cannot say which is which; give each its \
+            "{origin}: the model has {} inputs ({}), so INPUT cannot say which is which; give each its \
              file or folder with {} or list the samples in --manifest FILE.csv",
-            model.origin(),
             names.len(),
             names.join(", "),
             example.join(" ")
@@ -235,7 +251,7 @@ fn jobs(args: &Args, model: &Model) -> Result<Vec<Job>, Failure> {
     } else {
         return Ok(source::expand(&args.inputs).into_iter().map(Job::of_item).collect());
     };
-    Ok(samples.into_iter().map(Job::of_sample).collect())
+    Ok(samples.into_iter().map(|sample| Job::of_sample(sample, &inputs)).collect())
 }
 
 fn write_failed(e: std::io::Error) -> Failure {
@@ -282,22 +298,42 @@ impl Summary {
 struct Printer {
     format: Format,
     file_width: usize,
+    /// The width of the INPUTS column: only for a model with several inputs.
+    inputs_width: Option<usize>,
     label_width: usize,
     colour: bool,
 }
 
 impl Printer {
-    fn new(format: Format, jobs: &[Job]) -> Printer {
+    fn new(format: Format, jobs: &[Job], card: &Card) -> Printer {
         let file_width = jobs.iter().map(|j| j.file.chars().count()).max().unwrap_or(4).clamp(4, 48);
+        let every: Vec<&str> = card.inputs.iter().map(|i| i.name.as_str()).collect();
+        let inputs_width = jobs
+            .iter()
+            .any(|j| j.sample.is_some())
+            .then(|| card.subset_name(&every).chars().count().clamp(6, 32));
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Printer { format, file_width, label_width: 12, colour }
+        Printer { format, file_width, inputs_width, label_width: 12, colour }
+    }
+
+    /// The INPUTS cell: the subset that decided, or for an error line the inputs it has files for.
+    fn inputs_cell(&self, r: &FileResult) -> String {
+        let Some(width) = self.inputs_width else { return String::new() };
+        let shown = r.sample.map_or(String::new(), |s| {
+            s.subset.clone().unwrap_or_else(|| {
+                let present = s.modalities.0.iter().filter(|(_, p)| *p == Presence::Present);
+                present.map(|(name, _)| name.as_str()).collect::<Vec<_>>().join("+")
+            })
+        });
+        format!("{:<width$}  ", fit(&shown, width))
     }
 
     fn header(&self, out: &mut impl Write) -> std::io::Result<()> {
         if self.format == Format::Table {
+            let inputs = self.inputs_width.map_or(String::new(), |width| format!("{:<width$}  ", "INPUTS"));
             writeln!(
                 out,
-                "{:<fw$}  {:<lw$}  {:>6}  {:>6}  {:<7}  {:>9}  TOP",
+                "{:<fw$}  {inputs}{:<lw$}  {:>6}  {:>6}  {:<7}  {:>9}  TOP",
                 "FILE",
                 "LABEL",
                 "CONF",
@@ -317,9 +353,12 @@ impl Printer {
         }
         let file = fit(r.file, self.file_width);
         let fw = self.file_width;
+        let inputs = self.inputs_cell(r);
         match r.body {
-            ResultBody::Failed { error } => writeln!(out, "{file:<fw$}  error: {error}"),
-            ResultBody::Decided { label, confidence, threshold, verdict, top, latency_us, .. } => {
+            ResultBody::Failed { error } => writeln!(out, "{file:<fw$}  {inputs}error: {error}"),
+            ResultBody::Decided {
+                label, confidence, threshold, verdict, reason, top, latency_us, ..
+            } => {
                 let shown = format!("{:<7}", verdict.as_str());
                 let shown = if self.colour {
                     let code = if *verdict == Verdict::Accept { "32" } else { "33" };
@@ -328,9 +367,10 @@ impl Printer {
                     shown
                 };
                 let top: Vec<String> = top.iter().map(|t| format!("{} {:.2}", t.label, t.p)).collect();
+                let why = if reason.is_some() { "  (no calibration for these inputs)" } else { "" };
                 writeln!(
                     out,
-                    "{file:<fw$}  {:<lw$}  {:>6.3}  {:>6}  {}  {:>6.2} ms  {}",
+                    "{file:<fw$}  {inputs}{:<lw$}  {:>6.3}  {:>6}  {}  {:>6.2} ms  {}{why}",
                     label,
                     confidence,
                     threshold.map_or("none".to_string(), |t| format!("{t:.3}")),

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use thiserror::Error;
 
+use crate::card::Card;
 use crate::model::Model;
 
 #[cfg(feature = "ort")]
@@ -77,9 +78,30 @@ pub trait Engine: Send {
     /// Number of values in the output the card names (the class count).
     fn output_len(&self) -> usize;
 
-    /// Runs one frame. `inputs` follow the card's input order, each holding exactly
-    /// that input's NCHW f32 values; the logits are written into `out`.
+    /// Runs one frame. `inputs` follow [`feeds`] (the card's inputs, then its presence
+    /// inputs), each holding exactly that tensor's f32 values; the logits are written into `out`.
     fn run(&mut self, inputs: &[&[f32]], out: &mut Vec<f32>) -> Result<(), EngineError>;
+}
+
+/// One tensor an engine is fed per frame: a graph input, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feed {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+/// Every tensor an engine is fed per frame, in the order [`Engine::run`] takes them: the card's
+/// inputs in card order, then the presence input of each optional input under `"learned-token"`
+/// (`<name>_present`, float32 `[N]`: [`crate::card::InputSpec::presence_input`]). Engines bind
+/// them to the graph by name, so the graph may declare its inputs in any order.
+pub fn feeds(card: &Card) -> Vec<Feed> {
+    let inputs = card.inputs.iter().map(|i| Feed { name: i.name.clone(), shape: i.shape.clone() });
+    let policy = card.missing_modality.as_ref().map(|m| m.policy);
+    let presence = card.inputs.iter().filter_map(|i| {
+        let name = i.presence_input(policy?)?;
+        Some(Feed { name, shape: vec![i.shape[0]] })
+    });
+    inputs.chain(presence).collect()
 }
 
 /// The engines a command that checks or measures every engine (`bench`, `parity`,

@@ -59,18 +59,16 @@ impl OrtEngine {
             .map_err(|e| load_error(e.to_string()))?
             .commit_from_memory(model.bytes())
             .map_err(|e| load_error(e.to_string()))?;
-        let card = &model.card;
-        let shapes: Vec<Vec<i64>> =
-            card.inputs.iter().map(|i| i.shape.iter().map(|&d| d as i64).collect()).collect();
+        let feeds = super::feeds(&model.card);
         let mut engine = OrtEngine {
             session,
-            input_names: card.inputs.iter().map(|i| i.name.clone()).collect(),
-            shapes,
-            output: card.output.clone(),
+            input_names: feeds.iter().map(|f| f.name.clone()).collect(),
+            shapes: feeds.iter().map(|f| f.shape.iter().map(|&d| d as i64).collect()).collect(),
+            output: model.card.output.clone(),
             output_len: 0,
         };
         // The output width may be symbolic in the graph: learn it from one zero frame.
-        let zeros: Vec<Vec<f32>> = card.inputs.iter().map(|i| vec![0.0; i.tensor_len()]).collect();
+        let zeros: Vec<Vec<f32>> = feeds.iter().map(|f| vec![0.0; f.shape.iter().product()]).collect();
         let views: Vec<&[f32]> = zeros.iter().map(Vec::as_slice).collect();
         let mut out = Vec::new();
         engine.run(&views, &mut out).map_err(|e| load_error(e.to_string()))?;

@@ -26,14 +26,15 @@ impl TractEngine {
             message: format!("{e:#}"),
         };
         let card = &model.card;
+        let feeds = super::feeds(card);
         let mut graph =
             tract_onnx::onnx().model_for_read(&mut Cursor::new(model.bytes())).map_err(load_error)?;
-        let names: Vec<&str> = card.inputs.iter().map(|i| i.name.as_str()).collect();
+        // By name: from here on the plan's inputs are these, in this order, whatever the graph's.
+        let names: Vec<&str> = feeds.iter().map(|f| f.name.as_str()).collect();
         graph = graph.with_input_names(&names).map_err(load_error)?;
         graph = graph.with_outputs_by_name([card.output.as_str()]).map_err(load_error)?;
-        for (ix, input) in card.inputs.iter().enumerate() {
-            graph =
-                graph.with_input_fact(ix, f32::fact(input.shape.as_slice()).into()).map_err(load_error)?;
+        for (ix, feed) in feeds.iter().enumerate() {
+            graph = graph.with_input_fact(ix, f32::fact(feed.shape.as_slice()).into()).map_err(load_error)?;
         }
         let typed = graph.into_optimized().map_err(load_error)?;
         let output_len = typed
@@ -45,7 +46,7 @@ impl TractEngine {
         let options = RunOptions { executor: Some(executor), ..Default::default() };
         let plan: Arc<Plan> = typed.into_runnable_with_options(&options).map_err(load_error)?;
         let state = plan.spawn().map_err(load_error)?;
-        Ok(TractEngine { state, shapes: card.inputs.iter().map(|i| i.shape.clone()).collect(), output_len })
+        Ok(TractEngine { state, shapes: feeds.into_iter().map(|f| f.shape).collect(), output_len })
     }
 }
 

@@ -19,7 +19,8 @@ pub enum FeedInputs {
 /// The feed of `source` for a model whose card is `card`, or what is wrong with the
 /// source's `input`.
 pub fn feed_inputs(source: &SourceConfig, card: &Card) -> Result<FeedInputs, String> {
-    let names: Vec<String> = card.inputs.iter().map(|i| i.name.clone()).collect();
+    // A mask input is not given: edge-kd fills it from which inputs a frame has.
+    let names: Vec<String> = card.value_inputs().map(|i| i.name.clone()).collect();
     if let Some(input) = &source.input {
         return match names.contains(input) {
             true => Ok(FeedInputs::One(input.clone())),

@@ -249,7 +249,7 @@ pub fn upload_target(
     let boundary = multipart::boundary(content_type).map_err(|e| bad(e.to_string()))?;
     let source = &sources[index];
     let loaded = source.slot.current();
-    let inputs = &loaded.model.card.inputs;
+    let inputs: Vec<_> = loaded.model.card.value_inputs().collect();
     let names = || inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
     let parts = match boundary {
         Some(boundary) => {

@@ -211,15 +211,15 @@ impl Worker {
             Some(why) => Err(FrameError::Unusable(why)),
             None => classify_held(&mut current.classifier, &held, buffers, start),
         };
-        let inputs = current.classifier.inputs();
+        let card = &current.loaded.model.card;
+        let inputs: Vec<&InputSpec> = current.classifier.inputs().collect();
         let several = inputs.len() > 1;
+        // The set the decision was calibrated by, as `run` names it.
+        let subset = outcome.as_ref().ok().map(|o| card.subset_name(&o.decision.present.names(card)));
         let sample = match &outcome {
             Err(FrameError::Unusable(_)) => None,
-            _ => several.then(|| sample_fields(inputs, &held)),
+            _ => several.then(|| sample_fields(&inputs, &held, subset.clone())),
         };
-        let present: Vec<&str> =
-            inputs.iter().map(|i| i.name.as_str()).filter(|n| held.iter().any(|h| h.input == *n)).collect();
-        let subset = present.join("+");
         let engine = current.classifier.engine_kind().as_str();
         let (body, sha) = match &outcome {
             Ok(o) => (
@@ -240,7 +240,9 @@ impl Worker {
         let elapsed = arrived.elapsed();
         let m = &self.counters;
         match (line.label(), line.verdict()) {
-            (Some(label), Some(verdict)) => m.observe(elapsed, label, verdict.as_str(), &subset),
+            (Some(label), Some(verdict)) => {
+                m.observe(elapsed, label, verdict.as_str(), subset.as_deref().unwrap_or_default())
+            }
             _ => {
                 m.errors.fetch_add(1, Relaxed);
             }
@@ -312,7 +314,7 @@ fn classify_held(
     buffers: &[Vec<u8>],
     start: Instant,
 ) -> Result<Outcome, FrameError> {
-    let inputs = classifier.inputs();
+    let inputs: Vec<&InputSpec> = classifier.inputs().collect();
     if let Some(stray) = held.iter().find(|h| !inputs.iter().any(|i| i.name == h.input)) {
         let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
         return Err(FrameError::UnknownInput { input: stray.input.clone(), names: names.join(", ") });
@@ -357,7 +359,7 @@ fn classify_held(
 
 /// What a line of a model with several inputs adds: where each input's value came from
 /// (`null` where the frame had none) and whether it was present, in the card's order.
-fn sample_fields(inputs: &[InputSpec], held: &[Held]) -> SampleFields {
+fn sample_fields(inputs: &[&InputSpec], held: &[Held], subset: Option<String>) -> SampleFields {
     let of = |name: &str| held.iter().find(|h| h.input == name);
     SampleFields {
         files: ByInput(
@@ -374,6 +376,7 @@ fn sample_fields(inputs: &[InputSpec], held: &[Held]) -> SampleFields {
                 })
                 .collect(),
         ),
+        subset,
         expected: None,
     }
 }

@@ -13,4 +13,4 @@ pub mod stem_pairs;
 pub mod synthetic;
 
 pub use files::{InputItem, InputKind, expand};
-pub use pairing::{Member, Sample};
+pub use pairing::{Member, Sample, SampleInput};

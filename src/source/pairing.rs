@@ -1,5 +1,6 @@
 //! Samples of a model with several inputs, for `run`: one file per card input, or one folder
-//! per card input whose files are paired by stem (`frames/a.png` with `depth/a.npy`).
+//! per card input whose files are paired by stem (`frames/a.png` with `depth/a.npy`). An
+//! optional input may be left out: every sample then lacks it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,14 @@ impl Sample {
     }
 }
 
+/// A card input as pairing sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleInput {
+    pub name: String,
+    /// Whether a sample may lack it (the card's `optional`).
+    pub optional: bool,
+}
+
 /// `--input NAME=PATH` values that cannot make samples; nothing is classified.
 #[derive(Debug, Error, PartialEq)]
 pub enum PairingError {
@@ -53,17 +62,19 @@ pub enum PairingError {
 }
 
 /// The samples that `given` (input name, path) describes for a model whose inputs are `inputs`,
-/// in the card's order. Files make one sample whose id is the first input's file stem; folders
-/// are walked like [`files::expand`] and their files paired by their path inside the folder
-/// without the extension, so that a recursive walk cannot pair `a/x.png` with `b/x.png`.
-pub fn pair(inputs: &[String], given: &[(String, PathBuf)]) -> Result<Vec<Sample>, PairingError> {
+/// in the card's order; an optional input not given is missing from every sample. Files make
+/// one sample whose id is the first given input's file stem; folders are walked like
+/// [`files::expand`] and their files paired by their path inside the folder without the
+/// extension, so that a recursive walk cannot pair `a/x.png` with `b/x.png`.
+pub fn pair(inputs: &[SampleInput], given: &[(String, PathBuf)]) -> Result<Vec<Sample>, PairingError> {
     let ordered = by_card_order(inputs, given)?;
-    let (dirs, files): (Vec<_>, Vec<_>) = ordered.iter().partition(|(_, path)| path.is_dir());
+    let named: Vec<(&str, &Path)> = ordered.iter().filter_map(|&(n, path)| Some((n, path?))).collect();
+    let (dirs, files): (Vec<_>, Vec<_>) = named.iter().partition(|(_, path)| path.is_dir());
     if dirs.is_empty() {
-        let id = stem(ordered[0].1);
+        let id = stem(named[0].1);
         let members = ordered
             .iter()
-            .map(|(input, path)| Member { input: input.to_string(), item: Some(files::file_item(path)) })
+            .map(|(input, path)| Member { input: input.to_string(), item: path.map(files::file_item) })
             .collect();
         return Ok(vec![Sample { id, members, expected: None }]);
     }
@@ -74,38 +85,36 @@ pub fn pair(inputs: &[String], given: &[(String, PathBuf)]) -> Result<Vec<Sample
     Ok(pair_folders(&ordered))
 }
 
-/// Each card input's path, in the card's order, with every name checked.
+/// Each card input's path (`None` for an optional input not given), in the card's order, with
+/// every name checked; at least one is given.
 fn by_card_order<'a>(
-    inputs: &'a [String],
+    inputs: &'a [SampleInput],
     given: &'a [(String, PathBuf)],
-) -> Result<Vec<(&'a str, &'a Path)>, PairingError> {
-    let names = inputs.join(", ");
+) -> Result<Vec<(&'a str, Option<&'a Path>)>, PairingError> {
+    let names = inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
     for (k, (name, _)) in given.iter().enumerate() {
-        if !inputs.contains(name) {
+        if !inputs.iter().any(|i| &i.name == name) {
             return Err(PairingError::UnknownInput { name: name.clone(), names });
         }
         if given[..k].iter().any(|(earlier, _)| earlier == name) {
             return Err(PairingError::Repeated { name: name.clone() });
         }
     }
+    let path = |input: &SampleInput| given.iter().find(|(n, _)| *n == input.name).map(|(_, p)| p.as_path());
     let missing: Vec<&str> =
-        inputs.iter().filter(|i| !given.iter().any(|(n, _)| n == *i)).map(String::as_str).collect();
-    if !missing.is_empty() {
-        return Err(PairingError::MissingInput { missing: missing.join(", "), names });
+        inputs.iter().filter(|i| !i.optional && path(i).is_none()).map(|i| i.name.as_str()).collect();
+    if !missing.is_empty() || given.is_empty() {
+        let missing = if missing.is_empty() { names.clone() } else { missing.join(", ") };
+        return Err(PairingError::MissingInput { missing, names });
     }
-    Ok(inputs
-        .iter()
-        .map(|i| {
-            let (_, path) = given.iter().find(|(n, _)| n == i).expect("every input was checked above");
-            (i.as_str(), path.as_path())
-        })
-        .collect())
+    Ok(inputs.iter().map(|i| (i.name.as_str(), path(i))).collect())
 }
 
-fn pair_folders(ordered: &[(&str, &Path)]) -> Vec<Sample> {
+fn pair_folders(ordered: &[(&str, Option<&Path>)]) -> Vec<Sample> {
     // Stem -> one slot per input. A BTreeMap keeps samples in name order, like `expand`.
     let mut by_stem: BTreeMap<String, Vec<Option<InputItem>>> = BTreeMap::new();
     for (k, (_, dir)) in ordered.iter().enumerate() {
+        let Some(dir) = *dir else { continue };
         for item in files::expand(&[dir.to_path_buf()]) {
             // The folder itself failed (unreadable, empty): its path is the id, so the line
             // names the folder rather than a stem.
@@ -149,8 +158,18 @@ fn stem(path: &Path) -> String {
 mod tests {
     use super::*;
 
-    fn names() -> Vec<String> {
-        vec!["image".into(), "depth".into()]
+    fn names() -> Vec<SampleInput> {
+        vec![
+            SampleInput { name: "image".into(), optional: false },
+            SampleInput { name: "depth".into(), optional: false },
+        ]
+    }
+
+    /// `names()` with the depth map optional.
+    fn depth_optional() -> Vec<SampleInput> {
+        let mut inputs = names();
+        inputs[1].optional = true;
+        inputs
     }
 
     fn given(image: &Path, depth: &Path) -> Vec<(String, PathBuf)> {
@@ -217,5 +236,30 @@ mod tests {
         let twice = vec![("image".to_string(), file.clone()), ("image".to_string(), file.clone())];
         assert_eq!(pair(&names(), &twice), Err(PairingError::Repeated { name: "image".into() }));
         assert!(matches!(pair(&names(), &given(&file, dir.path())), Err(PairingError::Mixed { .. })));
+    }
+
+    #[test]
+    fn an_optional_input_left_out_is_missing_from_every_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let rgb = dir.path().join("rgb");
+        std::fs::create_dir_all(&rgb).unwrap();
+        for f in ["rgb/a.png", "rgb/b.png"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        let only_image = vec![("image".to_string(), rgb.clone())];
+        let samples = pair(&depth_optional(), &only_image).unwrap();
+        assert_eq!(samples.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(samples.iter().all(|s| s.missing() == ["depth"] && s.members[1].input == "depth"));
+        let file = vec![("image".to_string(), rgb.join("a.png"))];
+        let samples = pair(&depth_optional(), &file).unwrap();
+        assert_eq!((samples.len(), samples[0].id.as_str(), samples[0].missing()), (1, "a", vec!["depth"]));
+        // The required input cannot be the one left out, and something must be given.
+        let only_depth = vec![("depth".to_string(), rgb.clone())];
+        assert!(
+            matches!(pair(&depth_optional(), &only_depth), Err(PairingError::MissingInput { missing, .. }) if missing == "image")
+        );
+        let mut all_optional = depth_optional();
+        all_optional[0].optional = true;
+        assert!(matches!(pair(&all_optional, &[]), Err(PairingError::MissingInput { .. })));
     }
 }
