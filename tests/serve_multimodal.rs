@@ -1,8 +1,9 @@
 //! `edge-kd serve` with a model of several inputs (issue 14): a frame is one value per card
 //! input. A watched folder pairs `<stem>.<input>.<ext>` files, waiting `pair_wait_ms` for a
 //! late partner; uploads send one multipart part per input; review frames keep every input's
-//! image; `/metrics` counts frames by the inputs they had. The model is
-//! `tests/fixtures/models/two_input.onnx` (inputs `image` and `depth`, both required).
+//! image; `/metrics` counts frames by the inputs they had. The models are
+//! `tests/fixtures/models/two_input.onnx` (inputs `image` and `depth`, both required) and
+//! `learned_token.onnx` (`rgb`, and an optional `height` with a calibration for `rgb` alone).
 
 mod common;
 
@@ -116,6 +117,7 @@ fn a_folder_pairs_files_by_stem_waits_for_a_late_partner_and_names_a_missing_one
             serde_json::json!({"image": path(&format!("{stem}.image.png")), "depth": path(&format!("{stem}.depth.png"))})
         );
         assert_eq!(l["modalities"], serde_json::json!({"image": "present", "depth": "present"}));
+        assert_eq!(l["subset"], "image+depth");
     }
     let lonely = by_file("lonely");
     let error = lonely["error"].as_str().unwrap();
@@ -333,4 +335,77 @@ fn a_camera_for_a_model_of_several_inputs_must_name_its_input() {
         .assert()
         .success()
         .stdout(predicate::str::contains("images are input image"));
+}
+
+/// An optional input that does not come is missing, not an error: the frame runs without it
+/// and is decided by the calibration of the inputs it had, from a folder and from an upload.
+#[test]
+fn a_frame_without_its_optional_input_runs_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inbox, results) = (dir.path().join("in"), dir.path().join("r.jsonl"));
+    std::fs::create_dir_all(&inbox).unwrap();
+    let port = free_port();
+    let model = fixture("models/learned_token.onnx");
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[box]\nstate_dir = \"{state}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
+             [[source]]\nname = \"bench\"\nmodel = \"{model}\"\nfolder = {{ path = \"{inbox}\", pair_wait_ms = 600 }}\n\
+             [[source]]\nname = \"cell\"\nmodel = \"{model}\"\ninput = \"rgb\"\nhttp = {{}}\n\
+             [sinks.jsonl]\npath = \"{results}\"\n",
+            state = dir.path().join("state").display(),
+            model = model.display(),
+            inbox = inbox.display(),
+            results = results.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config, port);
+    let png = sample("0002-trouser.png");
+    drop_in(dir.path(), &inbox, "alone.rgb.png", &png);
+    drop_in(dir.path(), &inbox, "both.rgb.png", &png);
+    drop_in(dir.path(), &inbox, "both.height.png", &sample("0001-pullover.png"));
+    wait_until("the folder's two frames", Duration::from_secs(20), || result_lines(&results).len() == 2);
+
+    // A raw body is the source's `input`; a multipart form may leave the optional part out.
+    let r = http(port, "POST", "/infer?source=cell", None, &png).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.json()["subset"].as_str(), r.json()["modalities"]["height"].as_str()),
+        (Some("rgb"), Some("missing"))
+    );
+    let boundary = "b0undary";
+    let headers: &[(&str, &str)] = &[("Content-Type", "multipart/form-data; boundary=b0undary")];
+    let r =
+        http_with(port, "POST", "/infer?source=cell", None, headers, &multipart(&[("rgb", &png)], boundary))
+            .unwrap();
+    assert_eq!((r.status, r.json()["subset"].as_str()), (200, Some("rgb")), "{}", r.body);
+    let metrics = http(port, "GET", "/metrics", None, b"").unwrap().body;
+    assert_eq!(daemon.stop(), 0);
+
+    let lines = result_lines(&results);
+    let line = |id: &str| {
+        let want = inbox.join(id).display().to_string();
+        lines
+            .iter()
+            .find(|l| l["file"] == want.as_str())
+            .unwrap_or_else(|| panic!("no {want} in {lines:?}"))
+            .clone()
+    };
+    let alone = line("alone");
+    assert!(alone["label"].is_string(), "decided without height: {alone}");
+    assert_eq!(alone["subset"], "rgb");
+    assert_eq!(alone["modalities"], serde_json::json!({"rgb": "present", "height": "missing"}));
+    assert_eq!(alone["files"]["height"], serde_json::Value::Null);
+    assert_eq!(line("both")["subset"], "rgb+height");
+    // The calibration of the inputs present decides: rgb alone has its own thresholds (0.4).
+    assert!(alone["threshold"].as_f64().is_some_and(|t| (t - 0.4).abs() < 1e-6), "{alone}");
+    for expected in [
+        r#"edge_kd_frames_by_subset_total{source="bench",subset="rgb"} 1"#,
+        r#"edge_kd_frames_by_subset_total{source="bench",subset="rgb+height"} 1"#,
+        r#"edge_kd_frames_by_subset_total{source="cell",subset="rgb"} 2"#,
+    ] {
+        assert!(metrics.contains(expected), "missing {expected} in\n{metrics}");
+    }
 }
