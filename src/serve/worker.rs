@@ -75,7 +75,8 @@ struct Retry {
 }
 
 enum Processed {
-    Done(Finished),
+    /// Boxed: a result line is large beside a retry.
+    Done(Box<Finished>),
     /// The file could not be read for a reason outside it.
     Retry(Job, std::io::Error),
 }
@@ -132,7 +133,7 @@ impl Worker {
                     if backoff.is_some() {
                         self.retry_ended();
                     }
-                    if self.out.send(finished).is_err() {
+                    if self.out.send(*finished).is_err() {
                         self.abandon(retries);
                         return;
                     }
@@ -253,7 +254,7 @@ impl Worker {
         } else {
             Vec::new()
         };
-        Processed::Done(Finished { source, line, elapsed, review, files, reply })
+        Processed::Done(Box::new(Finished { source, line, elapsed, review, files, reply }))
     }
 }
 
