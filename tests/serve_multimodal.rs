@@ -307,16 +307,17 @@ fn uploads_send_one_multipart_part_per_input_and_bad_forms_are_refused_naming_th
 fn a_camera_for_a_model_of_several_inputs_must_name_its_input() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("serve.toml");
-    let write = |input: &str| {
+    let write_for = |model: &str, input: &str| {
         std::fs::write(
             &config,
             format!(
                 "[[source]]\nname = \"cam\"\nmodel = \"{}\"\n{input}camera = {{ device = \"/dev/video-none\" }}\n",
-                fixture("models/two_input.onnx").display()
+                fixture(model).display()
             ),
         )
         .unwrap();
     };
+    let write = |input: &str| write_for("models/two_input.onnx", input);
     write("");
     edge_kd().args(["serve", "--check-config"]).arg(&config).assert().code(2).stderr(predicate::str::contains(
         "source[0] (cam).input: the model has inputs image, depth: say which one this source's frames are",
@@ -329,12 +330,19 @@ fn a_camera_for_a_model_of_several_inputs_must_name_its_input() {
         .code(2)
         .stderr(predicate::str::contains("source[0] (cam).input: the model has no input \"rgb\""));
     write("input = \"image\"\n");
+    edge_kd().args(["serve", "--check-config"]).arg(&config).assert().code(2).stderr(
+        predicate::str::contains(
+            "source[0] (cam).input: this source gives only input \"image\", but the model also needs depth",
+        ),
+    );
+    // With the other input optional, a camera alone is a frame without it.
+    write_for("models/learned_token.onnx", "input = \"rgb\"\n");
     edge_kd()
         .args(["serve", "--check-config"])
         .arg(&config)
         .assert()
         .success()
-        .stdout(predicate::str::contains("images are input image"));
+        .stdout(predicate::str::contains("images are input rgb"));
 }
 
 /// An optional input that does not come is missing, not an error: the frame runs without it

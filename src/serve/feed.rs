@@ -22,10 +22,23 @@ pub fn feed_inputs(source: &SourceConfig, card: &Card) -> Result<FeedInputs, Str
     // A mask input is not given: edge-kd fills it from which inputs a frame has.
     let names: Vec<String> = card.value_inputs().map(|i| i.name.clone()).collect();
     if let Some(input) = &source.input {
-        return match names.contains(input) {
-            true => Ok(FeedInputs::One(input.clone())),
-            false => Err(format!("the model has no input {input:?}; its inputs are {}", names.join(", "))),
-        };
+        if !names.contains(input) {
+            return Err(format!("the model has no input {input:?}; its inputs are {}", names.join(", ")));
+        }
+        // Only an upload can still give the other inputs (multipart parts); any other feed
+        // would make every frame an error.
+        let required: Vec<&str> = card
+            .value_inputs()
+            .filter(|i| !i.optional && i.name != *input)
+            .map(|i| i.name.as_str())
+            .collect();
+        if !required.is_empty() && !matches!(source.kind(), SourceKind::Upload) {
+            return Err(format!(
+                "this source gives only input {input:?}, but the model also needs {} in every frame (not optional)",
+                required.join(", ")
+            ));
+        }
+        return Ok(FeedInputs::One(input.clone()));
     }
     if let [only] = names.as_slice() {
         return Ok(FeedInputs::One(only.clone()));
@@ -67,7 +80,13 @@ mod tests {
             err,
             "the model has inputs image, depth: say which one this source's frames are (input = \"image\")"
         );
-        assert_eq!(feed_inputs(&source(camera, Some("depth")), &card), Ok(FeedInputs::One("depth".into())));
+        let err = feed_inputs(&source(camera, Some("depth")), &card).unwrap_err();
+        assert_eq!(
+            err,
+            "this source gives only input \"depth\", but the model also needs image in every frame (not optional)"
+        );
+        let upload = feed_inputs(&source("http = {}", Some("depth")), &card);
+        assert_eq!(upload, Ok(FeedInputs::One("depth".into())), "multipart parts can still give image");
         let err = feed_inputs(&source(camera, Some("rgb")), &card).unwrap_err();
         assert_eq!(err, "the model has no input \"rgb\"; its inputs are image, depth");
         let by_name = Ok(FeedInputs::ByName(vec!["image".into(), "depth".into()]));
