@@ -207,10 +207,13 @@ impl Worker {
         // Latency as `run` measures it: from the values in memory (camera conversion
         // included) to the verdict.
         let start = Instant::now();
-        let held = hold(parts, read, buffers);
-        let outcome = match unusable {
-            Some(why) => Err(FrameError::Unusable(why)),
-            None => classify_held(&mut current.classifier, &held, buffers, start),
+        let (held, outcome) = match unusable {
+            Some(why) => (Vec::new(), Err(FrameError::Unusable(why))),
+            None => {
+                let held = hold(parts, read, buffers);
+                let outcome = classify_held(&mut current.classifier, &held, buffers, start);
+                (held, outcome)
+            }
         };
         let card = &current.loaded.model.card;
         let inputs: Vec<&InputSpec> = current.classifier.inputs().collect();
@@ -290,7 +293,7 @@ fn hold(
                 Payload::File(_) => match file {
                     Some(Ok(bytes)) => Ok(Value::Encoded(bytes)),
                     Some(Err(e)) => Err(e.into()),
-                    // Not read: the source had already found the frame unusable.
+                    // Every file part was read before the frame was held.
                     None => Err(FrameError::Unusable("not read".into())),
                 },
                 Payload::Camera(raw) => {
