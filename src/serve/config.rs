@@ -191,6 +191,11 @@ pub struct SourceConfig {
     /// What one image from this source may cost (size, pixels, decoder memory).
     #[serde(default)]
     pub limits: ImageLimits,
+    /// The card input this source's images are, for a model with several inputs: a camera's
+    /// or synthetic frames, raw upload bodies, every file of a folder (which then does not
+    /// pair files by name). Left out, a one-input model's only input; a folder pairs
+    /// `<stem>.<input>.<ext>` files and uploads send multipart parts named by input.
+    pub input: Option<String>,
     pub camera: Option<CameraConfig>,
     pub folder: Option<FolderConfig>,
     pub http: Option<UploadConfig>,
@@ -225,7 +230,19 @@ pub struct FolderConfig {
     pub after: AfterProcessing,
     /// Target folder for `after = "move"`.
     pub move_to: Option<PathBuf>,
+    /// For a model with several inputs: how long a frame's first file waits for the files
+    /// of its other inputs (`<stem>.<input>.<ext>`) before the frame runs without them.
+    #[serde(default = "default_pair_wait_ms")]
+    pub pair_wait_ms: u64,
 }
+
+fn default_pair_wait_ms() -> u64 {
+    2000
+}
+
+/// A frame's files waiting longer than this are a typo, not a plan: the inbox would look
+/// stuck.
+const MAX_PAIR_WAIT_MS: u64 = 600_000;
 
 fn yes() -> bool {
     true
@@ -392,6 +409,9 @@ impl ServeConfig {
                 return bad(key("model_sha256"), "pins a model file, but no `model` is set");
             }
             s.limits.validate().map_err(|m| (key("limits"), m))?;
+            if s.input.as_deref().is_some_and(|i| i.trim().is_empty()) {
+                return bad(key("input"), "name one of the model's inputs (edge-kd card MODEL lists them)");
+            }
             if let Some(c) = &s.camera {
                 c.validate().map_err(|m| (key("camera"), m))?;
             }
@@ -407,6 +427,12 @@ impl ServeConfig {
                         return bad(key("folder.move_to"), "only used with after = \"move\"");
                     }
                     _ => {}
+                }
+                if f.pair_wait_ms > MAX_PAIR_WAIT_MS {
+                    return bad(
+                        key("folder.pair_wait_ms"),
+                        &format!("must be at most {MAX_PAIR_WAIT_MS} ms (10 minutes)"),
+                    );
                 }
                 if s.drop.is_some_and(|d| d != DropPolicy::Block) {
                     return bad(

@@ -83,10 +83,10 @@ pub struct Dispatcher {
     settling: VecDeque<Settling>,
 }
 
-/// A result's folder file and upload, waiting for its lines to be written.
+/// A result's folder files and upload, waiting for its lines to be written.
 struct Settling {
     source: usize,
-    file: Option<PathBuf>,
+    files: Vec<PathBuf>,
     reply: Option<oneshot::Sender<Reply>>,
     answer: ReplyOk,
     /// Its line's position in each sink's backlog.
@@ -225,10 +225,8 @@ impl Dispatcher {
         for (_, line) in &self.pending_mqtt.lines {
             tracing::error!("result not written to the MQTT spool: {line}");
         }
-        for Settling { file, .. } in &self.settling {
-            if let Some(path) = file {
-                tracing::warn!("{}: left in place: its result is not written to every sink", path.display());
-            }
+        for path in self.settling.iter().flat_map(|s| &s.files) {
+            tracing::warn!("{}: left in place: its result is not written to every sink", path.display());
         }
     }
 
@@ -257,7 +255,7 @@ impl Dispatcher {
     }
 
     fn handle(&mut self, finished: Finished) {
-        let Finished { source, line, review, file, reply, .. } = finished;
+        let Finished { source, line, review, files, reply, .. } = finished;
         let json = Arc::new(line.to_json());
         let jsonl = self.jsonl.is_some().then(|| self.pending_jsonl.push(json.to_string()));
         let mqtt = match (&self.mqtt, self.routes.get(source).and_then(|r| r.topic.clone())) {
@@ -265,14 +263,16 @@ impl Dispatcher {
             _ => None,
         };
         self.write_pending();
-        if let (Some(sink), Some(image), Some(Verdict::Review)) = (&mut self.review, &review, line.verdict())
-            && let Err(e) = sink.save(line.ts_ms, &line.source, line.label().unwrap_or("none"), image, &json)
+        if let (Some(sink), false, Some(Verdict::Review)) =
+            (&mut self.review, review.is_empty(), line.verdict())
+            && let Err(e) =
+                sink.save(line.ts_ms, &line.source, line.label().unwrap_or("none"), &review, &json)
         {
             tracing::error!("{e}");
         }
         self.latest.push(source, json.clone());
         let answer = ReplyOk { json, decided: line.verdict().is_some() };
-        self.settling.push_back(Settling { source, file, reply, answer, jsonl, mqtt });
+        self.settling.push_back(Settling { source, files, reply, answer, jsonl, mqtt });
         self.settle();
     }
 
@@ -311,13 +311,13 @@ impl Dispatcher {
             if !(jsonl_written && mqtt_written) {
                 return;
             }
-            let Some(Settling { source, file, reply, answer, .. }) = self.settling.pop_front() else {
+            let Some(Settling { source, files, reply, answer, .. }) = self.settling.pop_front() else {
                 return;
             };
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(answer));
             }
-            if let Some(path) = file {
+            for path in files {
                 self.after_processing(source, &path);
             }
         }
@@ -355,10 +355,18 @@ mod tests {
             ts_ms: 0,
             source: "s".into(),
             file: format!("{n}"),
+            sample: None,
             body: ResultBody::Failed { error: "e".into() },
             model_sha256: None,
         };
-        Finished { source: 0, line, elapsed: Duration::ZERO, review: None, file: None, reply: None }
+        Finished {
+            source: 0,
+            line,
+            elapsed: Duration::ZERO,
+            review: Vec::new(),
+            files: Vec::new(),
+            reply: None,
+        }
     }
 
     fn lines(path: &Path) -> Vec<serde_json::Value> {

@@ -19,8 +19,10 @@ use tokio::sync::oneshot;
 
 use super::connections;
 use super::dispatch::Latest;
-use super::job::{Job, Payload, Refusal};
+use super::job::{Job, Part, Payload, Refusal};
 use super::metrics::{Metrics, SourceMetrics};
+use super::model_slot::ModelSlot;
+use super::multipart;
 use super::queue::{BoundedQueue, Pushed};
 use crate::sink::health::{WriteHealth, now_ms};
 
@@ -31,6 +33,11 @@ pub struct SourceHandle {
     pub counters: Arc<SourceMetrics>,
     /// Accepts uploads (`http = {}` in its table).
     pub uploads: bool,
+    /// Its model, whose card says which inputs an upload must have.
+    pub slot: Arc<ModelSlot>,
+    /// The input a raw (not multipart) body is; `None` when the model's inputs must be
+    /// named by multipart parts.
+    pub input: Option<String>,
 }
 
 pub struct ApiState {
@@ -190,13 +197,15 @@ struct InferQuery {
 }
 
 /// What `POST /infer` makes of a request before it queues the upload: the query, the body
-/// and the upload source that takes it (its index in `sources`). Pure, so that it is
-/// fuzzed (tests/fuzz, target `infer_body`).
+/// and the upload source that takes it (its index in `sources`), and the frame's parts: the
+/// body itself for the source's one input, or one multipart part per input. Pure, so that it
+/// is fuzzed (tests/fuzz, target `infer_body`).
 pub fn upload_target(
     sources: &[SourceHandle],
     uri: &Uri,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(usize, Bytes), ApiError> {
+) -> Result<(usize, Vec<Part>), ApiError> {
     let Query(query) = Query::<InferQuery>::try_from_uri(uri)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let body = body.map_err(|e| {
@@ -235,18 +244,80 @@ pub fn upload_target(
             ));
         }
     };
-    Ok((index, body))
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let boundary = multipart::boundary(content_type).map_err(|e| bad(e.to_string()))?;
+    let source = &sources[index];
+    let loaded = source.slot.current();
+    let inputs: Vec<_> = loaded.model.card.value_inputs().collect();
+    let names = || inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ");
+    let parts = match boundary {
+        Some(boundary) => {
+            let mut parts: Vec<Part> = Vec::new();
+            for part in multipart::parse(&body, &boundary).map_err(|e| bad(e.to_string()))? {
+                if !inputs.iter().any(|i| i.name == part.name) {
+                    return Err(bad(format!(
+                        "part {:?} is not an input of the model of source {}; its inputs are {}",
+                        part.name,
+                        source.name,
+                        names()
+                    )));
+                }
+                if parts.iter().any(|p| p.input == part.name) {
+                    return Err(bad(format!("part {:?} is given twice; one part per input", part.name)));
+                }
+                if part.body.is_empty() {
+                    return Err(bad(format!("part {:?} is empty: send the image bytes", part.name)));
+                }
+                let origin = part.filename.filter(|f| !f.is_empty()).unwrap_or_else(|| "upload".into());
+                let payload = Payload::Encoded(part.body.to_vec());
+                parts.push(Part { input: part.name, origin, payload });
+            }
+            parts
+        }
+        None => match &source.input {
+            Some(input) => vec![Part {
+                input: input.clone(),
+                origin: "upload".into(),
+                payload: Payload::Encoded(body.to_vec()),
+            }],
+            None => {
+                return Err(bad(format!(
+                    "the model of source {} has inputs {}: send multipart/form-data with one part per input \
+                     (curl -F {}=@a.png ...)",
+                    source.name,
+                    names(),
+                    inputs.first().map_or("NAME", |i| i.name.as_str())
+                )));
+            }
+        },
+    };
+    let missing: Vec<&str> = inputs
+        .iter()
+        .filter(|i| !i.optional && !parts.iter().any(|p| p.input == i.name))
+        .map(|i| i.name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(format!(
+            "no part for input {}: the model needs it in every frame (it is not optional); send one \
+             multipart part per input ({})",
+            missing.join(", "),
+            names()
+        )));
+    }
+    Ok((index, parts))
 }
 
 async fn infer(
     State(state): State<Arc<ApiState>>,
     uri: Uri,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let (index, body) = upload_target(&state.sources, &uri, body)?;
+    let (index, parts) = upload_target(&state.sources, &uri, &headers, body)?;
     let source = &state.sources[index];
     let (tx, rx) = oneshot::channel();
-    let job = Job::new(index, "upload".into(), Payload::Encoded(body.to_vec()), Some(tx));
+    let job = Job::new(index, "upload".into(), parts, Some(tx));
     match source.queue.push(job) {
         Pushed::Queued => {}
         Pushed::DroppedOldest(old) => {

@@ -37,6 +37,8 @@ pub struct SourceMetrics {
     latency_sum_us: AtomicU64,
     latency_count: AtomicU64,
     verdicts: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Decided frames by the inputs they had (`rgb+height`, card order).
+    subsets: Mutex<BTreeMap<String, u64>>,
     reloads: Mutex<BTreeMap<&'static str, u64>>,
     model: Mutex<(String, String)>,
 }
@@ -55,8 +57,9 @@ impl SourceMetrics {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// A frame decided: its end-to-end latency (queue wait included) and verdict.
-    pub fn observe(&self, latency: Duration, label: &str, verdict: &'static str) {
+    /// A frame decided: its end-to-end latency (queue wait included), verdict, and the
+    /// inputs it had (`subset`: their names joined by `+` in card order).
+    pub fn observe(&self, latency: Duration, label: &str, verdict: &'static str, subset: &str) {
         self.frames.fetch_add(1, Relaxed);
         let secs = latency.as_secs_f64();
         for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS) {
@@ -71,6 +74,14 @@ impl SourceMetrics {
             Some(n) => *n += 1,
             None => {
                 verdicts.insert((label.to_string(), verdict), 1);
+            }
+        }
+        drop(verdicts);
+        let mut subsets = self.subsets.lock().unwrap_or_else(|p| p.into_inner());
+        match subsets.get_mut(subset) {
+            Some(n) => *n += 1,
+            None => {
+                subsets.insert(subset.to_string(), 1);
             }
         }
     }
@@ -202,6 +213,22 @@ impl Metrics {
                     "edge_kd_verdicts_total{{source=\"{}\",label=\"{}\",verdict=\"{verdict}\"}} {n}",
                     esc(&s.name),
                     esc(label)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "edge_kd_frames_by_subset_total",
+            "Decided frames by the inputs they had (names joined by + in card order).",
+            "counter",
+        );
+        for s in &self.sources {
+            for (subset, n) in s.subsets.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                let _ = writeln!(
+                    out,
+                    "edge_kd_frames_by_subset_total{{source=\"{}\",subset=\"{}\"}} {n}",
+                    esc(&s.name),
+                    esc(subset)
                 );
             }
         }
@@ -356,8 +383,8 @@ mod tests {
     #[test]
     fn histogram_is_cumulative_and_labels_are_escaped() {
         let m = Metrics::new(&["cam\"0".to_string()]);
-        m.sources[0].observe(Duration::from_micros(800), "ok", "accept");
-        m.sources[0].observe(Duration::from_millis(30), "ok", "review");
+        m.sources[0].observe(Duration::from_micros(800), "ok", "accept", "rgb+height");
+        m.sources[0].observe(Duration::from_millis(30), "ok", "review", "rgb");
         let text = m.render();
         assert!(
             text.contains(r#"edge_kd_frame_latency_seconds_bucket{source="cam\"0",le="0.001"} 1"#),
@@ -373,5 +400,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"edge_kd_frames_total{source="cam\"0"} 2"#), "{text}");
+        assert!(text.contains(r#"edge_kd_frames_by_subset_total{source="cam\"0",subset="rgb"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"edge_kd_frames_by_subset_total{source="cam\"0",subset="rgb+height"} 1"#),
+            "{text}"
+        );
     }
 }

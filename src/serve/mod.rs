@@ -10,10 +10,12 @@
 pub mod config;
 pub mod connections;
 pub mod dispatch;
+pub mod feed;
 pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod model_slot;
+pub mod multipart;
 pub mod pipeline;
 pub mod queue;
 mod recover;
@@ -51,6 +53,8 @@ pub enum ServeError {
     Model { source_name: String, error: SlotError },
     #[error("source[{index}] ({name}).folder.path: {}: no such folder", .path.display())]
     NoFolder { index: usize, name: String, path: PathBuf },
+    #[error("source[{index}] ({name}).input: {message}")]
+    Input { index: usize, name: String, message: String },
     #[error("source[{index}] ({name}).synthetic.image: {message}")]
     Synthetic { index: usize, name: String, message: String },
     #[error("{key}: {}: cannot read: {source}", .path.display())]
@@ -91,6 +95,11 @@ pub fn check(config: &ServeConfig) -> Result<Vec<String>, ServeError> {
     for (i, source) in config.sources.iter().enumerate() {
         let slot = open_slot(source)?;
         let loaded = slot.current();
+        let inputs = feed::feed_inputs(source, &loaded.model.card).map_err(|message| ServeError::Input {
+            index: i,
+            name: source.name.clone(),
+            message,
+        })?;
         let feed = match source.kind() {
             SourceKind::Camera(c) => {
                 format!("camera {} ({:?} {}x{})", c.device.display(), c.format, c.width, c.height)
@@ -117,8 +126,14 @@ pub fn check(config: &ServeConfig) -> Result<Vec<String>, ServeError> {
                 )
             }
         };
+        let inputs = match inputs {
+            feed::FeedInputs::One(input) => format!("images are input {input}"),
+            feed::FeedInputs::ByName(names) => {
+                format!("inputs {} named by the files or parts", names.join(", "))
+            }
+        };
         lines.push(format!(
-            "source {}: {feed}; model {} sha256 {}; {} ×{} worker(s), queue {} {}",
+            "source {}: {feed}, {inputs}; model {} sha256 {}; {} ×{} worker(s), queue {} {}",
             source.name,
             loaded.model,
             &loaded.sha256[..12],

@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::ServeError;
-use super::config::{SourceConfig, SourceKind};
+use super::config::{FolderConfig, SourceConfig, SourceKind};
+use super::feed::{FeedInputs, feed_inputs};
 use super::http::SourceHandle;
-use super::job::{Finished, Job, Payload, Refusal};
+use super::job::{Finished, Job, Part, Payload, Refusal};
 use super::metrics::SourceMetrics;
 use super::model_slot::ModelSlot;
 use super::queue::{BoundedQueue, Pushed};
@@ -26,6 +28,7 @@ use super::shutdown::Shutdown;
 use super::worker::Worker;
 use crate::source::camera::{self, CameraEvent};
 use crate::source::folder_watch::{self, FolderEvent};
+use crate::source::stem_pairs::{Paired, StemPairs};
 use crate::source::synthetic;
 
 /// What every pipeline is connected to.
@@ -39,6 +42,9 @@ pub struct Wiring {
 
 pub struct Pipeline {
     name: String,
+    /// The card input a single image of this source is (a raw upload's body), when there is
+    /// one; the model's inputs must then be named (multipart parts).
+    input: Option<String>,
     queue: Arc<BoundedQueue<Job>>,
     slot: Arc<ModelSlot>,
     counters: Arc<SourceMetrics>,
@@ -69,8 +75,17 @@ impl Pipeline {
         counters: Arc<SourceMetrics>,
         wiring: &Wiring,
     ) -> Result<Pipeline, ServeError> {
+        let feed = feed_inputs(config, &slot.current().model.card).map_err(|message| ServeError::Input {
+            index,
+            name: config.name.clone(),
+            message,
+        })?;
         let mut pipeline = Pipeline {
             name: config.name.clone(),
+            input: match &feed {
+                FeedInputs::One(input) => Some(input.clone()),
+                FeedInputs::ByName(_) => None,
+            },
             queue: Arc::new(BoundedQueue::new(config.queue, config.drop_policy())),
             slot,
             counters,
@@ -79,7 +94,7 @@ impl Pipeline {
             workers: Vec::with_capacity(config.workers),
             not_queued: Arc::default(),
         };
-        match pipeline.spawn_all(index, config, wiring) {
+        match pipeline.spawn_all(index, config, feed, wiring) {
             Ok(()) => Ok(pipeline),
             Err(e) => {
                 pipeline.stop();
@@ -88,7 +103,13 @@ impl Pipeline {
         }
     }
 
-    fn spawn_all(&mut self, index: usize, config: &SourceConfig, wiring: &Wiring) -> Result<(), ServeError> {
+    fn spawn_all(
+        &mut self,
+        index: usize,
+        config: &SourceConfig,
+        inputs: FeedInputs,
+        wiring: &Wiring,
+    ) -> Result<(), ServeError> {
         for w in 0..config.workers {
             let worker = Worker {
                 source: index,
@@ -110,19 +131,25 @@ impl Pipeline {
         };
         let stop = self.shutdown.clone();
         self.source = match config.kind() {
-            SourceKind::Camera(cam) => Some(spawn(format!("camera-{}", self.name), move || {
-                let device = cam.device.display().to_string();
-                camera::capture_loop(&cam, stop.flag(), &mut |event| match event {
-                    CameraEvent::Frame(raw) => feed.push(device.clone(), Payload::Camera(raw)),
-                    CameraEvent::State(state) => feed.state(state.is_up(), state.to_string()),
-                });
-            })?),
+            SourceKind::Camera(cam) => {
+                let input = self.input.clone().unwrap_or_default();
+                Some(spawn(format!("camera-{}", self.name), move || {
+                    let device = cam.device.display().to_string();
+                    camera::capture_loop(&cam, stop.flag(), &mut |event| match event {
+                        CameraEvent::Frame(raw) => {
+                            let part = Part {
+                                input: input.clone(),
+                                origin: device.clone(),
+                                payload: Payload::Camera(raw),
+                            };
+                            feed.push(device.clone(), vec![part])
+                        }
+                        CameraEvent::State(state) => feed.state(state.is_up(), state.to_string()),
+                    });
+                })?)
+            }
             SourceKind::Folder(folder) => Some(spawn(format!("folder-{}", self.name), move || {
-                folder_watch::watch(&folder.path, folder.existing, stop.flag(), &mut |event| match event {
-                    FolderEvent::File(path) => feed.push(path.display().to_string(), Payload::File(path)),
-                    FolderEvent::NotAFile(path, what) => feed.not_a_file(&path, &what),
-                    FolderEvent::State(up, state) => feed.state(up, state),
-                });
+                watch_folder(&folder, inputs, &feed, stop.flag())
             })?),
             SourceKind::Upload => {
                 self.counters.set_state(true, "accepting uploads");
@@ -135,9 +162,15 @@ impl Pipeline {
                     message,
                 })?;
                 self.counters.set_state(true, "synthetic");
+                let input = self.input.clone().unwrap_or_default();
                 Some(spawn(format!("synthetic-{}", self.name), move || {
                     synthetic::run(&syn, &pattern, stop.flag(), &mut |raw| {
-                        feed.push("synthetic".into(), Payload::Camera(raw))
+                        let part = Part {
+                            input: input.clone(),
+                            origin: "synthetic".into(),
+                            payload: Payload::Camera(raw),
+                        };
+                        feed.push("synthetic".into(), vec![part])
                     });
                 })?)
             }
@@ -156,6 +189,8 @@ impl Pipeline {
             queue: self.queue.clone(),
             counters: self.counters.clone(),
             uploads,
+            slot: self.slot.clone(),
+            input: self.input.clone(),
         }
     }
 
@@ -203,8 +238,12 @@ struct Feed {
 }
 
 impl Feed {
-    fn push(&self, name: String, payload: Payload) {
-        match self.queue.push(Job::new(self.index, name, payload, None)) {
+    fn push(&self, name: String, parts: Vec<Part>) {
+        self.push_job(Job::new(self.index, name, parts, None));
+    }
+
+    fn push_job(&self, job: Job) {
+        match self.queue.push(job) {
             Pushed::Queued => {}
             Pushed::DroppedOldest(old) => {
                 self.counters.dropped.fetch_add(1, Relaxed);
@@ -227,6 +266,40 @@ impl Feed {
         self.counters.queue_depth.store(self.queue.len() as u64, Relaxed);
     }
 
+    /// A frame of paired folder files, or a file that cannot be part of one (its error
+    /// result lets it go like any other).
+    fn paired(&self, paired: Paired) {
+        match paired {
+            Paired::Frame { id, files } => {
+                let parts = files
+                    .into_iter()
+                    .filter_map(|(input, path)| {
+                        let path = path?;
+                        Some(Part { input, origin: path.display().to_string(), payload: Payload::File(path) })
+                    })
+                    .collect();
+                self.push(id.display().to_string(), parts);
+            }
+            Paired::Unpaired { path, why } => {
+                let origin = path.display().to_string();
+                let part =
+                    Part { input: String::new(), origin: origin.clone(), payload: Payload::File(path) };
+                let mut job = Job::new(self.index, origin, vec![part], None);
+                job.unusable = Some(why);
+                self.push_job(job);
+            }
+        }
+    }
+
+    /// What a folder says besides its files.
+    fn folder_event(&self, event: FolderEvent) {
+        match event {
+            FolderEvent::NotAFile(path, what) => self.not_a_file(&path, &what),
+            FolderEvent::State(up, state) => self.state(up, state),
+            FolderEvent::File(_) | FolderEvent::Idle => {}
+        }
+    }
+
     fn not_a_file(&self, path: &std::path::Path, what: &str) {
         tracing::warn!("source {}: {}: {what}, not an image file; left in place", self.name, path.display());
         self.counters.not_files.fetch_add(1, Relaxed);
@@ -235,6 +308,49 @@ impl Feed {
     fn state(&self, up: bool, state: String) {
         tracing::info!("source {}: {state}", self.name);
         self.counters.set_state(up, state);
+    }
+}
+
+/// A folder source's thread: each file a frame, or, for a model whose inputs are named by
+/// the files, the files of one stem a frame (see [`crate::source::stem_pairs`]).
+fn watch_folder(
+    folder: &FolderConfig,
+    inputs: FeedInputs,
+    feed: &Feed,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let mut pairs = match inputs {
+        FeedInputs::One(input) => {
+            return folder_watch::watch(&folder.path, folder.existing, stop, &mut |event| match event {
+                FolderEvent::File(path) => {
+                    let origin = path.display().to_string();
+                    let part =
+                        Part { input: input.clone(), origin: origin.clone(), payload: Payload::File(path) };
+                    feed.push(origin, vec![part]);
+                }
+                other => feed.folder_event(other),
+            });
+        }
+        FeedInputs::ByName(inputs) => StemPairs::new(inputs, Duration::from_millis(folder.pair_wait_ms)),
+    };
+    folder_watch::watch(&folder.path, folder.existing, stop, &mut |event| {
+        if let FolderEvent::File(path) = event {
+            if let Some(paired) = pairs.arrived(path, Instant::now()) {
+                feed.paired(paired);
+            }
+        } else {
+            feed.folder_event(event);
+        }
+        for paired in pairs.due(Instant::now()) {
+            feed.paired(paired);
+        }
+    });
+    if pairs.waiting() > 0 {
+        tracing::info!(
+            "source {}: {} frame(s) still waiting for their other files at shutdown; left in the folder",
+            feed.name,
+            pairs.waiting()
+        );
     }
 }
 
@@ -248,7 +364,6 @@ pub(super) fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<J
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
-    use std::time::{Duration, Instant};
 
     use super::*;
     use crate::classify::DecideOptions;

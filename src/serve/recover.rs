@@ -15,8 +15,9 @@ use crate::sink::jsonl::{WrittenResult, written_results};
 const LOOK_BACK_BYTES: u64 = 4 << 20;
 
 /// Lets go of every folder file that already has its result. A file counts as decided when
-/// the latest result for its path (same source) arrived after the file was last modified;
-/// a file written since under the same name is decided again.
+/// the latest result for its path (same source; its `file`, or one of a paired frame's
+/// `files`) arrived after the file was last modified; a file written since under the same
+/// name is decided again.
 pub fn let_go_of_decided_files(config: &ServeConfig) {
     let Some(jsonl) = &config.sinks.jsonl else { return };
     let results = match written_results(&jsonl.path, LOOK_BACK_BYTES) {
@@ -25,7 +26,9 @@ pub fn let_go_of_decided_files(config: &ServeConfig) {
     };
     let mut latest: HashMap<(&str, &str), &WrittenResult> = HashMap::new();
     for r in &results {
-        latest.insert((r.source.as_str(), r.file.as_str()), r);
+        for path in r.paths() {
+            latest.insert((r.source.as_str(), path), r);
+        }
     }
     for source in &config.sources {
         let Some(folder) = source.folder.as_ref().filter(|f| f.after != AfterProcessing::Keep) else {

@@ -218,8 +218,19 @@ impl JsonlSink {
 pub struct WrittenResult {
     pub source: String,
     pub file: String,
+    /// A frame of several inputs: each input's file (`null` where it had none).
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, Option<String>>,
     pub ts_ms: u64,
     pub seq: Option<u64>,
+}
+
+impl WrittenResult {
+    /// Every file the result is about: `file`, and for a frame of several inputs each of
+    /// its inputs' files.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.file.as_str()).chain(self.files.values().flatten().map(String::as_str))
+    }
 }
 
 /// The results among the last `max_bytes` of the file, oldest first (lines that do not

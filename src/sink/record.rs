@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::decide::Verdict;
 pub use crate::record::ResultBody;
+use crate::record::SampleFields;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ResultLine {
@@ -17,6 +18,10 @@ pub struct ResultLine {
     pub ts_ms: u64,
     pub source: String,
     pub file: String,
+    /// Only for a model with several inputs (`files`, `modalities`), so that one-input
+    /// lines stay as they were.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<SampleFields>,
     #[serde(flatten)]
     pub body: ResultBody,
     /// sha256 of the model that decided (absent on failures before a model ran).

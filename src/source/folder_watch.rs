@@ -24,7 +24,13 @@ pub enum FolderEvent {
     NotAFile(PathBuf, String),
     /// Watching (true) or not, and why.
     State(bool, String),
+    /// Nothing arrived for a moment (at most [`IDLE`] apart while quiet): the time to act on
+    /// what waits for time, such as a frame waiting for its partner files.
+    Idle,
 }
+
+/// How long a quiet folder goes between [`FolderEvent::Idle`]s.
+pub const IDLE: Duration = Duration::from_millis(250);
 
 /// Watches `dir` until `stop` is set. When `existing` is true, files already there are
 /// handed on first, oldest first. A folder that is missing or vanishes is waited for; a
@@ -66,11 +72,12 @@ pub fn watch(dir: &Path, existing: bool, stop: &AtomicBool, on_event: &mut dyn F
             if folder.rescan.is_some_and(|(due, _)| Instant::now() >= due) {
                 folder.scan(true);
             }
-            match rx.recv_timeout(Duration::from_millis(250)) {
+            match rx.recv_timeout(IDLE) {
                 Ok(Ok(event)) if event.need_rescan() => folder.scan(true),
                 Ok(Ok(event)) => folder.event(&event),
                 Ok(Err(e)) => tracing::warn!("{}: watch error: {e}", dir.display()),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    (folder.on_event)(FolderEvent::Idle);
                     if !dir.is_dir() {
                         folder.state(false, format!("{}: folder is gone; waiting for it", dir.display()));
                         break;

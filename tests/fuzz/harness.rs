@@ -13,9 +13,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use axum::body::Bytes;
-use axum::http::Uri;
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::IntoResponse;
 use edge_kd::card::{self, Card, Color, InputSpec, Layout, Resize};
+use edge_kd::classify::DecideOptions;
+use edge_kd::engine::{EngineKind, EngineOptions};
 use edge_kd::model::{CardlessOptions, Model};
 use edge_kd::npy;
 use edge_kd::onnx_meta::{self, ModelInfo, TensorInfo};
@@ -24,7 +26,8 @@ use edge_kd::preprocess::{Frame, PixelFormat, Preprocessor, Samples};
 use edge_kd::serve::config::{DropPolicy, ServeConfig};
 use edge_kd::serve::dispatch::Latest;
 use edge_kd::serve::http::{SourceHandle, upload_target};
-use edge_kd::serve::job::Job;
+use edge_kd::serve::job::{Job, Payload};
+use edge_kd::serve::model_slot::ModelSlot;
 use edge_kd::serve::queue::BoundedQueue;
 use edge_kd::sink::spool::Spool;
 use edge_kd::sink::{FsyncPolicy, mqtt};
@@ -271,12 +274,21 @@ pub fn serve_toml(data: &[u8]) {
 // preprocessing of the body for the embedded default student.
 
 /// Input: line 1 the configured sources, comma-separated, a leading `+` marking those that
-/// take uploads (`http = {}`); line 2 the request target (`/infer?source=NAME`); the rest
-/// the body.
+/// take uploads (`http = {}`); line 2 the request target (`/infer?source=NAME`); then, when
+/// line 3 starts with `content-type:`, that header (a multipart upload's boundary); the rest
+/// the body. Every source serves the embedded default student (one input, `image`).
 pub fn infer_body(data: &[u8]) {
     let mut parts = data.splitn(3, |&b| b == b'\n');
     let (Some(names), Some(target)) = (parts.next(), parts.next()) else { return };
-    let body = parts.next().unwrap_or_default();
+    let mut body = parts.next().unwrap_or_default();
+    let mut headers = HeaderMap::new();
+    if body.len() >= 13 && body[..13].eq_ignore_ascii_case(b"content-type:") {
+        let (line, rest) = body.split_at(body.iter().position(|&b| b == b'\n').unwrap_or(body.len()));
+        body = rest.get(1..).unwrap_or_default();
+        // A header value that is not one never reaches the handler (hyper answers 400).
+        let Ok(value) = HeaderValue::from_bytes(line[13..].trim_ascii()) else { return };
+        headers.insert(header::CONTENT_TYPE, value);
+    }
     let Ok(names) = std::str::from_utf8(names) else { return };
     // A request line that is not a URI never reaches the handler (hyper answers 400).
     let Ok(uri) = Uri::try_from(target) else { return };
@@ -288,16 +300,25 @@ pub fn infer_body(data: &[u8]) {
             queue: Arc::new(BoundedQueue::new(1, DropPolicy::DropOldest)),
             counters: Arc::default(),
             uploads: n.starts_with('+'),
+            slot: default_slot(),
+            input: Some("image".into()),
         })
         .collect();
-    match upload_target(&sources, &uri, Ok(Bytes::copy_from_slice(body))) {
+    match upload_target(&sources, &uri, &headers, Ok(Bytes::copy_from_slice(body))) {
         Ok((index, taken)) => {
             assert!(sources[index].uploads, "an upload routed to a source without http = {{}}");
-            assert_eq!(&taken[..], body);
             assert!(!body.is_empty());
+            assert_eq!(taken.len(), 1, "the default student has one input, so one part");
+            let Payload::Encoded(bytes) = &taken[0].payload else { panic!("an upload is encoded bytes") };
+            assert_eq!(taken[0].input, "image");
+            if headers.is_empty() {
+                assert_eq!(&bytes[..], body);
+            } else {
+                assert!(!bytes.is_empty() && bytes.len() <= body.len());
+            }
             // The worker: classify_encoded up to the engine.
             let mut decoder = production_decoder();
-            if let Ok(frame) = decoder.decode_encoded(&taken) {
+            if let Ok(frame) = decoder.decode_encoded(bytes) {
                 check_frame(&frame);
                 check_preprocess(default_student_input(), &frame);
             }
@@ -307,6 +328,17 @@ pub fn infer_body(data: &[u8]) {
             assert!(status.is_client_error(), "a bad request is the client's error, got {status}");
         }
     }
+}
+
+/// The slot every fuzzed upload source serves: the embedded default, opened once.
+fn default_slot() -> Arc<ModelSlot> {
+    static SLOT: OnceLock<Arc<ModelSlot>> = OnceLock::new();
+    SLOT.get_or_init(|| {
+        let engine = EngineOptions { kind: EngineKind::Tract, threads: 1, ort_library: None };
+        let slot = ModelSlot::open(None, None, engine, DecideOptions::default(), ImageLimits::default());
+        Arc::new(slot.expect("the embedded default student loads"))
+    })
+    .clone()
 }
 
 fn default_student_input() -> &'static InputSpec {

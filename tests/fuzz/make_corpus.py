@@ -326,7 +326,7 @@ camera = { device = "/dev/video0", format = "yuyv", width = 1280, height = 720, 
     for name, text in configs.items():
         put(d, name, text.lstrip("\n").encode())
 
-    # infer_body: sources line, request target line, body.
+    # infer_body: sources line, request target line, [content-type line,] body.
     d = target("infer_body")
     sample = (ROOT / "models" / "samples" / "0002-trouser.png").read_bytes()
     put(d, "one-upload.req", b"+line1\n/infer\n" + sample)
@@ -338,6 +338,13 @@ camera = { device = "/dev/video0", format = "yuyv", width = 1280, height = 720, 
     put(d, "empty-body.req", b"+line1\n/infer\n")
     put(d, "bad-query.req", b"+line1\n/infer?source=a&source=b\n" + b"x")
     put(d, "not-an-image.req", b"+line1\n/infer\nnot an image at all")
+    form = b'--b0\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n' + sample + b"\r\n--b0--\r\n"
+    put(d, "multipart.req", b"+cell\n/infer\ncontent-type: multipart/form-data; boundary=b0\n" + form)
+    unknown = (
+        b'--a;b\r\nContent-Disposition: form-data; name="depth"\r\n\r\nxx\r\n'
+        b"--a;b\r\nContent-Disposition: form-data; name=image\r\n\r\nyy\r\n--a;b--"
+    )
+    put(d, "multipart-unknown-part.req", b'+cell\n/infer\ncontent-type: multipart/form-data; boundary="a;b"\n' + unknown)
 
     # spool_read: [acked length | 255 = no acked file] + acked + the segment.
     d = target("spool_read")
