@@ -293,9 +293,9 @@ fn bench_one(
     let rss_reset = machine::reset_peak_rss();
     let load_start = Instant::now();
     let engine_opts = EngineOptions { kind, threads, ort_library: opts.ort_library.clone() };
-    let classifier = engine::open(model, &engine_opts).map_err(BenchError::from).and_then(|e| {
-        Ok(Classifier::multimodal(model, e, DecideOptions::default(), ImageLimits::default())?)
-    });
+    let classifier = engine::open(model, &engine_opts)
+        .map_err(BenchError::from)
+        .and_then(|e| Ok(Classifier::new(model, e, DecideOptions::default(), ImageLimits::default())?));
     let mut classifier = match classifier {
         Ok(c) => c,
         Err(e) => {

@@ -1,9 +1,8 @@
 //! One frame through the whole chain: each card input's value is decoded, preprocessed or
 //! checked (or, for a missing optional input, filled as the card's `missing_modality` says), the
 //! engine runs once on all of them, and the logits are decided by the calibration of the inputs
-//! the frame had. `run`, `bench`, `doctor` and `serve` all classify through this type:
-//! [`Classifier::classify`] is the chain, and the `classify_*` methods are the one-value shapes
-//! today's callers have.
+//! the frame had. `run`, `bench`, `doctor` and `serve` all classify through this type, one
+//! value per card input: [`Classifier::classify`] is the chain.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,7 +17,6 @@ use crate::npy::{self, NpyError};
 use crate::preprocess::decode::{DecodeError, ImageFileDecoder, ImageLimits};
 use crate::preprocess::{Frame, PixelFormat, PreprocessError, Preprocessor};
 use crate::present::Present;
-use crate::source::InputKind;
 
 /// The value one card input gets for one frame. A frame of a model is one value per card
 /// input, in the card's order.
@@ -84,11 +82,6 @@ pub enum InputError {
 /// Problems that stop every frame: the model cannot be used as loaded.
 #[derive(Debug, Error)]
 pub enum ClassifierError {
-    #[error(
-        "{model}: the model has {count} inputs ({names}); this command feeds one image per frame, \
-         so it cannot run multimodal models yet"
-    )]
-    Multimodal { model: String, count: usize, names: String },
     #[error("{model}: the card lists {labels} labels but {engine} computes {width} outputs")]
     Width { model: String, labels: usize, engine: EngineKind, width: usize },
     #[error(
@@ -167,22 +160,9 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// A classifier for callers that give one value per frame (`serve` today): a model with
-    /// more inputs is refused here, before any frame, rather than failing every frame.
-    /// `limits` bound every image this classifier decodes.
-    pub fn new(
-        model: &Model,
-        engine: Box<dyn Engine>,
-        opts: DecideOptions,
-        limits: ImageLimits,
-    ) -> Result<Self, ClassifierError> {
-        single_input(model)?;
-        Self::multimodal(model, engine, opts, limits)
-    }
-
     /// A classifier for a model with any number of inputs, fed one value per input through
     /// [`Self::classify`].
-    pub fn multimodal(
+    pub fn new(
         model: &Model,
         engine: Box<dyn Engine>,
         opts: DecideOptions,
@@ -279,31 +259,6 @@ impl Classifier {
         Ok((decision, StageTimes { preprocess: t1 - t0, engine: t2 - t1, decide: t3 - t2 }))
     }
 
-    /// Classifies a file: an image, or a `.npy` tensor fed as it is.
-    pub fn classify_path(&mut self, path: &Path, kind: InputKind) -> Result<Outcome, InputError> {
-        let value = match kind {
-            InputKind::Image => InputValue::ImageFile(path),
-            InputKind::Tensor => InputValue::TensorFile(path),
-        };
-        self.classify_timed(&[value])
-    }
-
-    /// Classifies an encoded image held in memory (an upload, a file read by a source).
-    pub fn classify_encoded(&mut self, encoded: &[u8]) -> Result<Outcome, InputError> {
-        self.classify_timed(&[InputValue::Encoded(encoded)])
-    }
-
-    /// Classifies an already decoded frame (a camera's, or one held in memory).
-    pub fn classify_frame(&mut self, frame: &Frame) -> Result<Decision, InputError> {
-        Ok(self.classify(&[InputValue::Frame(frame)])?.0)
-    }
-
-    /// Classifies a model-ready tensor. Its shape must be the input's, with or without
-    /// the batch dimension of 1.
-    pub fn classify_tensor(&mut self, shape: &[usize], data: &[f32]) -> Result<Decision, InputError> {
-        Ok(self.classify(&[InputValue::Tensor { shape, data }])?.0)
-    }
-
     /// Runs only the engine on the tensors of the last frame (for `bench`).
     pub fn run_engine_on_last_input(&mut self) -> Result<(), InputError> {
         self.run_engine()
@@ -376,19 +331,6 @@ fn slots(card: &Card, origin: &str) -> Result<Vec<Slot>, ClassifierError> {
             })
         })
         .collect()
-}
-
-/// The input of a model that a caller with one value per frame can feed; a model with
-/// several inputs is refused here, the one place that assumption is made.
-fn single_input(model: &Model) -> Result<&InputSpec, ClassifierError> {
-    match model.card.inputs.as_slice() {
-        [input] => Ok(input),
-        inputs => Err(ClassifierError::Multimodal {
-            model: model.origin().into(),
-            count: inputs.len(),
-            names: describe(inputs),
-        }),
-    }
 }
 
 /// Turns one value into the slot's tensor; whether the input is present in this frame.

@@ -59,9 +59,8 @@ fn try_engine(kind: EngineKind, ort_lib: Option<&Path>) -> Result<String, String
         engine::open(&model, &EngineOptions { kind, threads: 1, ort_library: ort_lib.map(Path::to_owned) })
             .map_err(|e| e.to_string())?;
     let load = start.elapsed();
-    let mut classifier =
-        Classifier::multimodal(&model, engine, DecideOptions::default(), ImageLimits::default())
-            .map_err(|e| e.to_string())?;
+    let mut classifier = Classifier::new(&model, engine, DecideOptions::default(), ImageLimits::default())
+        .map_err(|e| e.to_string())?;
     // A mid-grey frame of each input's size and colour.
     let inputs = &model.card.inputs;
     let pixels: Vec<Vec<u8>> =

@@ -16,7 +16,6 @@ use edge_kd::npy::{self, NpyArray};
 use edge_kd::preprocess::PixelFormat;
 use edge_kd::preprocess::decode::{ImageFileDecoder, ImageLimits};
 use edge_kd::present::Present;
-use edge_kd::source::InputKind;
 
 fn open(name: &str) -> Model {
     Model::open(&fixture(&format!("models/{name}.onnx")), &CardlessOptions::default()).unwrap()
@@ -25,7 +24,7 @@ fn open(name: &str) -> Model {
 fn classifier(model: &Model, kind: EngineKind) -> Classifier {
     let opts = EngineOptions { kind, threads: 1, ort_library: Some(ort_library()) };
     let engine = engine::open(model, &opts).unwrap_or_else(|e| panic!("{kind}: {e}"));
-    Classifier::multimodal(model, engine, DecideOptions::default(), ImageLimits::default()).unwrap()
+    Classifier::new(model, engine, DecideOptions::default(), ImageLimits::default()).unwrap()
 }
 
 fn array(rel: &str) -> NpyArray {
@@ -222,8 +221,7 @@ fn a_mask_input_needs_a_channel_per_optional_input() {
             .unwrap();
     // The depth map made required: the one-channel mask has no optional input to mark.
     model.card.inputs[1].optional = false;
-    let Err(err) = Classifier::multimodal(&model, engine, DecideOptions::default(), ImageLimits::default())
-    else {
+    let Err(err) = Classifier::new(&model, engine, DecideOptions::default(), ImageLimits::default()) else {
         panic!("a mask without its optional input was accepted");
     };
     assert!(matches!(err, ClassifierError::MaskChannels { channels: 1, optional: 0, .. }), "{err:?}");
@@ -285,48 +283,36 @@ fn tensors_are_checked_against_their_own_input_and_the_error_names_it() {
 }
 
 #[test]
-fn the_one_value_entry_points_refuse_a_two_input_model_before_any_frame() {
+fn a_two_input_model_given_one_value_says_what_it_lacks() {
     let model = open("two_input");
-    let engine =
-        engine::open(&model, &EngineOptions { kind: EngineKind::Tract, threads: 1, ort_library: None })
-            .unwrap();
-    let Err(err) = Classifier::new(&model, engine, DecideOptions::default(), ImageLimits::default()) else {
-        panic!("a two-input model was accepted by the one-value constructor");
-    };
-    assert!(matches!(err, ClassifierError::Multimodal { count: 2, .. }));
-    assert!(
-        err.to_string().contains("two_input.onnx: the model has 2 inputs (image (camera), depth (depth))"),
-        "{err}"
-    );
-    // Built for several inputs, a one-value call says what it lacks.
     let mut c = classifier(&model, EngineKind::Tract);
-    let err = c.classify_encoded(&std::fs::read(fixture("images/rgb_50x30.png")).unwrap()).unwrap_err();
+    let bytes = std::fs::read(fixture("images/rgb_50x30.png")).unwrap();
+    let err = c.classify(&[InputValue::Encoded(&bytes)]).unwrap_err();
     assert!(matches!(err, InputError::ValueCount { expected: 2, got: 1, .. }), "{err:?}");
 }
 
 #[test]
-fn the_one_value_entry_points_are_the_core_with_one_value() {
+fn every_kind_of_value_is_the_same_frame_to_the_core() {
     let gray = open("gray28");
     let mut c = classifier(&gray, EngineKind::Tract);
     let png = fixture("images/gray_28.png");
     let bytes = std::fs::read(&png).unwrap();
     let (core, _) = c.classify(&[InputValue::Encoded(&bytes)]).unwrap();
-    assert_eq!(c.classify_path(&png, InputKind::Image).unwrap().decision, core);
-    assert_eq!(c.classify_encoded(&bytes).unwrap().decision, core);
+    assert_eq!(c.classify(&[InputValue::ImageFile(&png)]).unwrap().0, core);
     let mut decoder = ImageFileDecoder::new();
     let frame = decoder.decode_file(&png).unwrap();
-    assert_eq!(c.classify_frame(&frame).unwrap(), core);
+    assert_eq!(c.classify(&[InputValue::Frame(&frame)]).unwrap().0, core);
+    assert_eq!(c.classify_timed(&[InputValue::ImageFile(&png)]).unwrap().decision, core);
     // bench's engine-only loop reruns the frame just preprocessed.
     c.run_engine_on_last_input().unwrap();
 
     let input = fixture("models/gray28.input.npy");
     let array = array("models/gray28.input.npy");
     let (core, _) = c.classify(&[InputValue::TensorFile(&input)]).unwrap();
-    assert_eq!(c.classify_path(&input, InputKind::Tensor).unwrap().decision, core);
-    assert_eq!(c.classify_tensor(&array.shape, &array.data).unwrap(), core);
+    assert_eq!(c.classify(&[InputValue::Tensor { shape: &array.shape, data: &array.data }]).unwrap().0, core);
     assert_same(&core, &expected(&gray, "models/gray28.output.npy"), edge_kd::parity::tolerance(), "gray28");
     // A one-input model's errors read as they always have: no input name.
     let wrong = fixture("models/gray28.wrong_shape.npy");
-    let err = c.classify_path(&wrong, InputKind::Tensor).unwrap_err();
+    let err = c.classify(&[InputValue::TensorFile(&wrong)]).unwrap_err();
     assert_eq!(err.to_string(), "tensor of shape [1, 1, 28, 27] does not fit the model input [1, 1, 28, 28]");
 }

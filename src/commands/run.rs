@@ -131,7 +131,7 @@ pub fn run(args: Args) -> Result<u8, Failure> {
     let decide = DecideOptions { top_k: usize::from(args.top_k), threshold: args.threshold };
     let jobs = jobs(&args, &model.card, model.origin())?;
     let mut classifier =
-        Classifier::multimodal(&model, engine, decide, args.limits.limits()).map_err(Failure::model)?;
+        Classifier::new(&model, engine, decide, args.limits.limits()).map_err(Failure::model)?;
     if model.card.calibration.is_none() && args.threshold.is_none() {
         tracing::warn!(
             "{}: no calibrated thresholds, so every verdict is review; --threshold P sets one",

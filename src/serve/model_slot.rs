@@ -174,7 +174,7 @@ impl ModelSlot {
         let generation = self.generation();
         let loaded = self.current();
         let engine = engine::open(&loaded.model, &self.engine)?;
-        let classifier = Classifier::multimodal(&loaded.model, engine, self.decide, self.limits)?;
+        let classifier = Classifier::new(&loaded.model, engine, self.decide, self.limits)?;
         Ok((generation, loaded, classifier))
     }
 }
@@ -206,7 +206,7 @@ fn load(
 ) -> Result<Loaded, SlotError> {
     let engine = engine::open(&model, engine_opts)?;
     // The trial run feeds a tensor; no image is decoded, so the limits do not matter here.
-    let mut classifier = Classifier::multimodal(&model, engine, decide, ImageLimits::default())?;
+    let mut classifier = Classifier::new(&model, engine, decide, ImageLimits::default())?;
     // Every input a frame gives a value for (the mask input, when there is one, edge-kd fills).
     let inputs: Vec<_> = model.card.value_inputs().collect();
     let zeros: Vec<Vec<f32>> = inputs.iter().map(|i| vec![0.0; i.tensor_len()]).collect();
