@@ -37,7 +37,10 @@ fn tiny_run_exports_a_calibrated_student_that_every_engine_reproduces() {
             .and(predicate::str::contains("teacher      wrn16-1"))
             .and(predicate::str::contains("student      cnn-18k"))
             .and(predicate::str::contains("ECE"))
-            .and(predicate::str::is_match(r"losses\s+ce \d\.\d{4}, kd \d\.\d{4} \(student, last epoch\)").unwrap())
+            .and(
+                predicate::str::is_match(r"losses\s+ce \d\.\d{4}, kd \d\.\d{4} \(student, last epoch\)")
+                    .unwrap(),
+            )
             .and(predicate::str::is_match(r"parity\s+tract \S+ ok, ort \S+ ok").unwrap()),
     );
     for file in [

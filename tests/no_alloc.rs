@@ -136,8 +136,7 @@ fn a_missing_optional_input_and_its_calibration_cost_a_warm_frame_nothing() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/learned_token.onnx");
     let model = Model::open(&path, &CardlessOptions::default()).unwrap();
     let mut classifier =
-        Classifier::multimodal(&model, Box::new(Fixed), DecideOptions::default(), ImageLimits::default())
-            .unwrap();
+        Classifier::new(&model, Box::new(Fixed), DecideOptions::default(), ImageLimits::default()).unwrap();
     let (rgb, height) = (&model.card.inputs[0], &model.card.inputs[1]);
     let rgb = vec![0.5f32; rgb.tensor_len()];
     let height = vec![0.5f32; height.tensor_len()];

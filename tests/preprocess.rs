@@ -135,6 +135,8 @@ fn textured_images_give_what_training_feeds_the_model_in_every_mode() {
     assert!(images.len() >= 6, "{images:?}");
     let mut decoder = ImageFileDecoder::new();
     let mut checked = 0;
+    let mut failures = Vec::new();
+    let (mut off_by_one, mut pixels) = (0, 0);
     for path in &images {
         let stem = path.file_stem().unwrap().to_str().unwrap();
         let frame = decoder.decode_file(path).unwrap();
@@ -149,12 +151,25 @@ fn textured_images_give_what_training_feeds_the_model_in_every_mode() {
                 let worst =
                     ours.iter().zip(&trained).map(|(a, &b)| (a - f32::from(b)).abs()).fold(0.0, f32::max);
                 // 16-bit sources: training rounds v/257 to uint8, the runtime keeps it (≤ 0.5).
-                assert!(worst <= 1.0, "{name}: {worst} grey levels from what training feeds the model");
+                let allowed = 1.0;
+                if !matches!(frame.samples, Samples::U16(_)) {
+                    off_by_one +=
+                        ours.iter().zip(&trained).filter(|(a, b)| (**a - f32::from(**b)).abs() > 0.5).count();
+                    pixels += ours.len();
+                }
+                if worst > allowed {
+                    failures.push(format!("{name}: {worst} grey levels from what training feeds the model"));
+                }
                 checked += 1;
             }
         }
     }
     assert_eq!(checked, images.len() * 6);
+    assert!(failures.is_empty(), "{failures:#?}");
+    // Each resampling pass is Pillow's and they run in Pillow's order (rows, then columns), so an
+    // 8-bit pixel is one level off only where the two round a filter weight differently: 179 of
+    // 66k here, where one two-axis fast_image_resize call had 7,874 (12 %).
+    assert!(off_by_one * 100 < pixels, "{off_by_one} of {pixels} 8-bit pixels one level off training's");
 }
 
 #[test]
