@@ -338,13 +338,15 @@ camera = { device = "/dev/video0", format = "yuyv", width = 1280, height = 720, 
     put(d, "empty-body.req", b"+line1\n/infer\n")
     put(d, "bad-query.req", b"+line1\n/infer?source=a&source=b\n" + b"x")
     put(d, "not-an-image.req", b"+line1\n/infer\nnot an image at all")
-    form = b'--b0\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n' + sample + b"\r\n--b0--\r\n"
+    head = b'--b0\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n'
+    form = head + sample + b"\r\n--b0--\r\n"
     put(d, "multipart.req", b"+cell\n/infer\ncontent-type: multipart/form-data; boundary=b0\n" + form)
     unknown = (
         b'--a;b\r\nContent-Disposition: form-data; name="depth"\r\n\r\nxx\r\n'
         b"--a;b\r\nContent-Disposition: form-data; name=image\r\n\r\nyy\r\n--a;b--"
     )
-    put(d, "multipart-unknown-part.req", b'+cell\n/infer\ncontent-type: multipart/form-data; boundary="a;b"\n' + unknown)
+    quoted = b'+cell\n/infer\ncontent-type: multipart/form-data; boundary="a;b"\n'
+    put(d, "multipart-unknown-part.req", quoted + unknown)
 
     # spool_read: [acked length | 255 = no acked file] + acked + the segment.
     d = target("spool_read")
