@@ -316,7 +316,7 @@ pub fn infer_body(data: &[u8]) {
             } else {
                 assert!(!bytes.is_empty() && bytes.len() <= body.len());
             }
-            // The worker: classify_encoded up to the engine.
+            // The worker: an uploaded part's decode and preprocessing, up to the engine.
             let mut decoder = production_decoder();
             if let Ok(frame) = decoder.decode_encoded(bytes) {
                 check_frame(&frame);

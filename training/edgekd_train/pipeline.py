@@ -136,6 +136,22 @@ def build_model(cfg: Config, splits, section: str, **kwargs) -> torch.nn.Module:
         raise ConfigError(f"{cfg.source}: [{section}].model: {e}") from None
 
 
+def card_inputs(specs: list[ModalitySpec], norm) -> list[dict]:
+    """``card["inputs"]`` for a model that sees ``specs``, normalised as the data was."""
+    return [
+        card_input(
+            s.name,
+            (1, s.channels, *s.size),
+            COLORS[s.channels],
+            norm.by_modality[s.name].scale,
+            norm.by_modality[s.name].mean,
+            norm.by_modality[s.name].std,
+            s.optional,
+        )
+        for s in specs
+    ]
+
+
 def missing_subsets(specs: list[ModalitySpec]) -> list[tuple[str, ...]]:
     """Each set of inputs a frame may come with besides all of them: every required input plus
     some (not all) of the optional ones, largest first, in card order."""
@@ -381,18 +397,7 @@ def _run(cfg, out, resume, emit, command, device, rank, world) -> dict:
         }
         if teacher_info:
             metrics["teacher_test_accuracy"] = teacher_info["test_accuracy"]
-        inputs = [
-            card_input(
-                spec.name,
-                (1, spec.channels, *spec.size),
-                COLORS[spec.channels],
-                norm.by_modality[spec.name].scale,
-                norm.by_modality[spec.name].mean,
-                norm.by_modality[spec.name].std,
-                spec.optional,
-            )
-            for spec in s_specs
-        ]
+        inputs = card_inputs(s_specs, norm)
         calibration = cal.to_card()
         if subsets:
             calibration["subsets"] = subsets

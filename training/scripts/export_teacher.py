@@ -21,11 +21,10 @@ sys.path.insert(0, str(REPO / "training"))
 
 from edgekd_train.config import ConfigError, load_config  # noqa: E402
 from edgekd_train.data.feed import Feed  # noqa: E402
-from edgekd_train.data.multimodal import COLORS  # noqa: E402
 from edgekd_train.data.splits import DataError, load_splits  # noqa: E402
-from edgekd_train.export import build_card, card_input, export_student  # noqa: E402
+from edgekd_train.export import build_card, export_student  # noqa: E402
 from edgekd_train.models import external  # noqa: E402
-from edgekd_train.pipeline import build_model, model_specs, reference_samples  # noqa: E402
+from edgekd_train.pipeline import build_model, card_inputs, model_specs, reference_samples  # noqa: E402
 
 
 def export(run: Path, n_reference: int) -> dict:
@@ -38,19 +37,7 @@ def export(run: Path, n_reference: int) -> dict:
     teacher = build_model(cfg, splits, "teacher").eval()
     external.load_state(teacher, str(run / "teacher.pt"))
     specs = model_specs(cfg, splits, "teacher")
-    norm = splits.normalizer.by_modality
-    inputs = [
-        card_input(
-            s.name,
-            (1, s.channels, *s.size),
-            COLORS[s.channels],
-            norm[s.name].scale,
-            norm[s.name].mean,
-            norm[s.name].std,
-            s.optional,
-        )
-        for s in specs
-    ]
+    inputs = card_inputs(specs, splits.normalizer)
     card = build_card(
         name=f"{cfg.data.dataset}-{cfg.teacher.model}-teacher",
         labels=splits.labels,
